@@ -1,0 +1,42 @@
+# Two entry points a fresh machine needs: `make run` and `make test`. Each creates .venv,
+# installs the pinned dependencies and generates the gRPC stubs first when they are missing.
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+# The CPU torch wheel lies here on our machines; pip.conf usually says so already.
+FIND_LINKS := $(if $(wildcard /opt/wheels),--find-links /opt/wheels,)
+PROTOS := $(wildcard proto/postclf/v1/*.proto)
+STUBS := postclf/v1/__init__.py
+
+.PHONY: run test check lint typecheck stubs bench clean
+
+$(BIN)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
+	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]' --config-settings editable_mode=compat
+	touch $@
+
+$(STUBS): $(PROTOS) $(BIN)/.installed
+	mkdir -p postclf/v1
+	$(BIN)/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. $(PROTOS)
+	touch postclf/__init__.py postclf/v1/__init__.py
+
+stubs: $(STUBS)
+
+run: $(STUBS)
+	$(BIN)/python -m server
+
+test: $(STUBS)
+	$(BIN)/python -m pytest
+
+lint: $(BIN)/.installed
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+typecheck: $(STUBS)
+	$(BIN)/mypy model acquisition store batch_jobs server
+
+check: lint typecheck
+
+clean:
+	rm -rf $(VENV) postclf .pytest_cache .mypy_cache .ruff_cache

@@ -1,0 +1,1 @@
+"""Jobs: nightly query, label fold-in and retraining, scheduling, simulation; plain functions."""

@@ -1,0 +1,1 @@
+"""Ledger (SQLite) and pool of unlabeled post embeddings."""
