@@ -40,7 +40,7 @@ class MaskBankDropout:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.threshold == 0:
             return x
-        raw = np.frombuffer(self.rng.bytes(x.numel()), dtype=np.uint8).reshape(x.shape)
+        raw = np.frombuffer(bytearray(self.rng.bytes(x.numel())), dtype=np.uint8).reshape(x.shape)
         keep = torch.from_numpy(raw) >= self.threshold  # same shape as x, P(keep) = 1 - p
         return torch.where(keep, x * self.scale, x.new_zeros(()))
 
@@ -154,7 +154,7 @@ class Classifier:
         return out
 
     # -- checkpoints -----------------------------------------------------------------------
-    def save(self, path: Path) -> None:
+    def save(self, path: Path, extra_meta: dict[str, Any] | None = None) -> None:
         """Write atomically (temporary file, fsync, rename); the checkpoint rebuilds itself."""
         state = {
             "format": CHECKPOINT_FORMAT,
@@ -163,7 +163,7 @@ class Classifier:
             "standardizer": self.standardizer.to_state(),
             "classes": list(self.classes),
             "temperature": dict(self.temperature),
-            "meta": dict(self.meta),
+            "meta": {**self.meta, **(extra_meta or {})},
         }
         tmp = path.with_name(path.name + ".tmp")
         with open(tmp, "wb") as f:

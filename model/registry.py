@@ -75,8 +75,7 @@ class ModelRegistry:
             "metrics": metrics or {},
             "train": clf.meta.get("train", {}),
         }
-        clf.meta = {**clf.meta, "version": name}
-        clf.save(folder / "model.pt")
+        clf.save(folder / "model.pt", extra_meta={"version": name})
         _write_atomic(folder / "meta.json", json.dumps(meta, indent=2).encode())
         return name
 

@@ -192,7 +192,7 @@ def _calibrate(clf: Classifier, val: LabeledViews) -> dict[str, float]:
             return loss
 
         opt.step(closure)
-        temps[head] = float(torch.exp(log_t).clamp(0.05, 20.0))
+        temps[head] = float(torch.exp(log_t.detach()).clamp(0.05, 20.0))
     return temps
 
 

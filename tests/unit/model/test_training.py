@@ -1,0 +1,54 @@
+"""Passive and active phases: learning happens, BN is frozen in the active phase."""
+
+import copy
+
+import numpy as np
+import torch
+
+from model.training import LabeledViews, accuracy, finetune_active, train_passive
+from tests.conftest import TINY_TRAIN
+
+
+def _bn_buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+
+
+def test_passive_training_beats_chance(tiny_model, small_splits) -> None:
+    chance = 1 / len(tiny_model.classes)
+    assert accuracy(tiny_model, small_splits["test"]) > 3 * chance
+
+
+def test_active_phase_keeps_bn_running_statistics(tiny_model, small_splits, class_names) -> None:
+    parent = copy.deepcopy(tiny_model)
+    before = _bn_buffers(parent.net)
+    weights_before = parent.net.image_mid[0].weight.clone()
+    child = finetune_active(parent, small_splits["train"], small_splits["val"], TINY_TRAIN)
+    after = _bn_buffers(child.net)
+    assert before.keys() == after.keys() and before
+    for k in before:
+        assert torch.equal(before[k], after[k]), k
+    assert not torch.equal(weights_before, child.net.image_mid[0].weight)  # it did train
+    assert child.meta["train"]["phase"] == "active"
+    # The parent is untouched: fine-tuning works on a copy.
+    assert torch.equal(weights_before, parent.net.image_mid[0].weight)
+
+
+def test_active_phase_uses_adaptive_batch(tiny_model, small_splits) -> None:
+    train = small_splits["train"]
+    sub = train.take(np.arange(300))
+    child = finetune_active(tiny_model, sub, small_splits["val"], TINY_TRAIN)
+    assert child.meta["train"]["batch_size"] == 64 + (300 % 64) // (300 // 64)
+
+
+def test_same_seed_same_model(small_splits, class_names) -> None:
+    train = LabeledViews(small_splits["train"].views, small_splits["train"].labels)
+    a = train_passive(train, small_splits["val"], class_names, TINY_TRAIN)
+    b = train_passive(train, small_splits["val"], class_names, TINY_TRAIN)
+    va = a.predict(small_splits["test"].views).probs
+    vb = b.predict(small_splits["test"].views).probs
+    assert np.allclose(va, vb)
+
+
+def test_calibration_fits_a_temperature_per_head(tiny_model) -> None:
+    assert set(tiny_model.temperature) == {"image", "text", "fused"}
+    assert all(0.05 <= t <= 20 for t in tiny_model.temperature.values())
