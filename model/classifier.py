@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 import torch
@@ -15,6 +15,15 @@ from model.network import HEADS, Dropout, NetConfig, build_network, no_dropout
 from postclf_errors import InvalidInputError
 
 CHECKPOINT_FORMAT = 1
+
+
+class Inputs(NamedTuple):
+    """Standardised tensors in the network's layout: `(B, Di)`, `(B, Dt)`, masks `(B,)` bool."""
+
+    image: torch.Tensor | None
+    text: torch.Tensor | None
+    image_mask: torch.Tensor
+    text_mask: torch.Tensor
 
 
 @dataclass(frozen=True)
@@ -45,7 +54,7 @@ class MaskBankDropout:
         return torch.where(keep, x * self.scale, x.new_zeros(()))
 
 
-def _head_per_row(views: Views, net_cfg: NetConfig) -> np.ndarray:
+def head_per_row(views: Views, net_cfg: NetConfig) -> np.ndarray:
     """'fused' where both views are present (and the model has both), else the single one."""
     n = len(views)
     has_img = views.image_mask if (views.image_mask is not None and net_cfg.image_dim) else None
@@ -76,7 +85,7 @@ class Classifier:
     def net_config(self) -> NetConfig:
         return self.net.cfg  # type: ignore[return-value]
 
-    def tensors(self, views: Views) -> tuple[torch.Tensor | None, ...]:
+    def tensors(self, views: Views) -> Inputs:
         """Standardised `(image, text, image_mask, text_mask)` tensors in the model's layout."""
         cfg, n = self.net_config, len(views)
         for name, dim in (("image", cfg.image_dim), ("text", cfg.text_dim)):
@@ -88,10 +97,10 @@ class Classifier:
         def t(a: np.ndarray | None) -> torch.Tensor | None:
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
 
-        no = torch.zeros(n, dtype=torch.bool)
-        im = t(z.image_mask) if z.image_mask is not None else no
-        tm = t(z.text_mask) if z.text_mask is not None else no
-        return t(z.image), t(z.text), im, tm
+        def mask(m: np.ndarray | None) -> torch.Tensor:
+            return torch.zeros(n, dtype=torch.bool) if m is None else torch.from_numpy(m)
+
+        return Inputs(t(z.image), t(z.text), mask(z.image_mask), mask(z.text_mask))
 
     def _probs(self, logits: dict[str, torch.Tensor], head: np.ndarray) -> np.ndarray:
         """Calibrated softmax of the head chosen per row. `head (B,)` → `(B, C)`."""
@@ -109,7 +118,7 @@ class Classifier:
     ) -> Predictions:
         """Deterministic prediction (dropout off, BN in eval) of `n` posts."""
         self.net.eval()
-        head = _head_per_row(views, self.net_config)
+        head = head_per_row(views, self.net_config)
         probs, feats = [], []
         for start in range(0, len(views), batch_size):
             part = views.take(slice(start, start + batch_size))
@@ -133,7 +142,7 @@ class Classifier:
         samples; the T samples run as one `(T·B)` batch.
         """
         self.net.eval()
-        head = _head_per_row(views, self.net_config)
+        head = head_per_row(views, self.net_config)
         drop: Dropout = MaskBankDropout(self.net_config.dropout, rng)
         if self.net_config.family == "linear":
             drop = no_dropout
@@ -143,7 +152,7 @@ class Classifier:
             img, txt, im, tm = self.tensors(part)
             hi, ht = self.net.prefix(  # type: ignore[operator]
                 img[im] if img is not None else None, txt[tm] if txt is not None else None
-            )
+            )  # (n_img, 4d), (n_txt, 2d): computed once for all T samples
             rep = HeadRepeat(samples)
             logits = self.net.from_prefix(  # type: ignore[operator]
                 rep(hi), rep(ht), im.repeat(samples), tm.repeat(samples), drop
@@ -196,16 +205,20 @@ class HeadRepeat:
         self.samples = samples
 
     def __call__(self, x: torch.Tensor | None) -> torch.Tensor | None:
-        return None if x is None else x.repeat(self.samples, 1)
+        return None if x is None else x.repeat(self.samples, 1)  # (T·n, F)
 
 
 def _drop_unknown(views: Views, cfg: NetConfig) -> Views:
     """Drop a view the model has no branch for (its rows then count as missing)."""
     image = views.image if cfg.image_dim else None
     text = views.text if cfg.text_dim else None
-    return Views(
-        image,
-        text,
-        views.image_mask if image is not None else None,
-        views.text_mask if text is not None else None,
-    ) if (image is not None or text is not None) else views
+    return (
+        Views(
+            image,
+            text,
+            views.image_mask if image is not None else None,
+            views.text_mask if text is not None else None,
+        )
+        if (image is not None or text is not None)
+        else views
+    )

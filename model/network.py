@@ -125,7 +125,13 @@ class Trident(nn.Module):
             zt[text_mask] = drop(self.text_mid(drop(ht)))  # (n_txt, 2d)
             logits["text"], masks["text"] = self._scatter(self.text_head, zt, text_mask, c)
             feats.append(zt)
-        if zi is not None and zt is not None and self.fused_in is not None:
+        if (
+            zi is not None
+            and zt is not None
+            and self.fused_in
+            and self.fused_mid
+            and self.fused_head
+        ):
             both = image_mask & text_mask
             fused = torch.cat([zi[both], zt[both]], dim=1)  # (n_both, 4d)
             h = self.fused_mid(drop(self.fused_in(fused)))  # (n_both, d)

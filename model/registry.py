@@ -110,4 +110,6 @@ class ModelRegistry:
         return VersionInfo(version, json.loads(path.read_text()))
 
     def versions(self) -> list[str]:
-        return sorted(p.name for p in self.versions_dir.glob("v[0-9]*") if (p / "meta.json").exists())
+        return sorted(
+            p.name for p in self.versions_dir.glob("v[0-9]*") if (p / "meta.json").exists()
+        )

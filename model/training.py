@@ -6,16 +6,17 @@ import copy
 import logging
 import time
 from dataclasses import dataclass, replace
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from model.classifier import Classifier
+from model.classifier import Classifier, head_per_row
 from model.data import Standardizer, Views
 from model.loss import UncertaintyWeightedLoss
-from model.network import HEADS, NetConfig, build_network
+from model.network import HEADS, HeadLogits, NetConfig, build_network
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +37,7 @@ class TrainConfig:
     finetune_max_epochs: int = 20
     monitor: str = "loss"  # early stopping on validation "loss" or "accuracy"
     calibrate: bool = True  # fit one softmax temperature per head on the validation set
+    standardize: bool = True  # False: feed inputs as they are (e.g. pixels / 255, published runs)
     seed: int = 0
 
 
@@ -85,8 +87,8 @@ def _freeze_batch_norm(net: nn.Module) -> None:
                 p.requires_grad_(False)
 
 
-def _served_logits(out, head: np.ndarray) -> torch.Tensor:  # type: ignore[no-untyped-def]
-    """`(B, C)` logits of the head each row is served by (see `classifier._head_per_row`)."""
+def _served_logits(out: HeadLogits, head: np.ndarray) -> torch.Tensor:
+    """`(B, C)` logits of the head each row is served by (see `classifier.head_per_row`)."""
     logits = out.features.new_zeros(head.shape[0], next(iter(out.logits.values())).shape[1])
     for name in HEADS:
         rows = torch.from_numpy(head == name)
@@ -95,21 +97,27 @@ def _served_logits(out, head: np.ndarray) -> torch.Tensor:  # type: ignore[no-un
     return logits
 
 
-@torch.no_grad()
-def _validate(clf: Classifier, val: LabeledViews) -> tuple[float, float, dict[str, torch.Tensor]]:
-    """Validation (loss, accuracy) of the served heads, plus every head's logits for calibration."""
-    from model.classifier import _head_per_row
+@dataclass(frozen=True)
+class Validation:
+    """Served-head loss and accuracy, and each head's `(n_h, C)` logits + `(n_h,)` targets."""
 
+    loss: float
+    accuracy: float
+    head_logits: dict[str, tuple[torch.Tensor, torch.Tensor]]
+
+
+@torch.no_grad()
+def _validate(clf: Classifier, val: LabeledViews) -> Validation:
     clf.net.eval()
-    head = _head_per_row(val.views, clf.net_config)
+    head = head_per_row(val.views, clf.net_config)
     out = clf.net(*clf.tensors(val.views))
-    logits = _served_logits(out, head)
+    logits = _served_logits(out, head)  # (n, C)
     target = torch.from_numpy(val.labels.astype(np.int64))
-    loss = float(F.cross_entropy(logits, target))
-    acc = float((logits.argmax(1) == target).float().mean())
-    per_head = {h: out.logits[h][out.masks[h]] for h in out.logits}
-    per_head_targets = {h: target[out.masks[h]] for h in out.logits}
-    return loss, acc, {"logits": per_head, "targets": per_head_targets}  # type: ignore[dict-item]
+    return Validation(
+        loss=float(F.cross_entropy(logits, target)),
+        accuracy=float((logits.argmax(1) == target).float().mean()),
+        head_logits={h: (out.logits[h][out.masks[h]], target[out.masks[h]]) for h in out.logits},
+    )
 
 
 def _fit(
@@ -122,11 +130,11 @@ def _fit(
     max_epochs: int,
     freeze_bn: bool,
     loss_fn: UncertaintyWeightedLoss,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """The loop both phases share; keeps the best validation state (early stopping)."""
     gen = torch.Generator().manual_seed(cfg.seed)
     torch.manual_seed(cfg.seed)  # dropout draws during training
-    img, txt, im, tm = clf.tensors(train.views)
+    x = clf.tensors(train.views)
     target = torch.from_numpy(train.labels.astype(np.int64))
     batch = adaptive_batch_size(len(train), cfg.base_batch)
     params = [p for p in list(clf.net.parameters()) + list(loss_fn.parameters())]
@@ -142,11 +150,12 @@ def _fit(
             _freeze_batch_norm(clf.net)
         for idx in _batches(len(train), batch, gen):
             drop = lambda x: F.dropout(x, cfg.dropout, training=True)  # noqa: E731
+            keep = (lambda m: m) if freeze_bn else _bn_safe  # eval-mode BN copes with one row
             out = clf.net(
-                img[idx] if img is not None else None,
-                txt[idx] if txt is not None else None,
-                _bn_safe(im[idx]) if not freeze_bn else im[idx],
-                _bn_safe(tm[idx]) if not freeze_bn else tm[idx],
+                x.image[idx] if x.image is not None else None,
+                x.text[idx] if x.text is not None else None,
+                keep(x.image_mask[idx]),
+                keep(x.text_mask[idx]),
                 drop,
             )
             loss = loss_fn(out, target[idx])
@@ -156,8 +165,8 @@ def _fit(
         epochs_run = epoch + 1
         if val is None:
             continue
-        v_loss, v_acc, _ = _validate(clf, val)
-        score = v_loss if cfg.monitor == "loss" else -v_acc
+        v = _validate(clf, val)
+        score = v.loss if cfg.monitor == "loss" else -v.accuracy
         if score < best[0]:
             best = (score, copy.deepcopy(clf.net.state_dict()), epoch)
         elif epoch - best[2] >= cfg.patience:
@@ -174,34 +183,47 @@ def _fit(
     }
 
 
+def _fit_temperature(logits: torch.Tensor, target: torch.Tensor) -> float:
+    """The T > 0 minimising NLL of `softmax(logits / T)`; `logits (n, C)`, `target (n,)`."""
+    log_t = torch.zeros(1, requires_grad=True)
+    opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
+
+    def closure() -> torch.Tensor:
+        opt.zero_grad()
+        loss = F.cross_entropy(logits / torch.exp(log_t), target)
+        loss.backward()
+        return loss
+
+    opt.step(closure)
+    return float(torch.exp(log_t.detach()).clamp(0.05, 20.0))
+
+
 def _calibrate(clf: Classifier, val: LabeledViews) -> dict[str, float]:
-    """Temperature scaling per head: the T minimising validation NLL (Guo et al. 2017)."""
-    _, _, extra = _validate(clf, val)
-    temps = {}
-    for head, logits in extra["logits"].items():
-        target = extra["targets"][head]
-        if logits.shape[0] < 2:
-            continue
-        log_t = torch.zeros(1, requires_grad=True)
-        opt = torch.optim.LBFGS([log_t], lr=0.1, max_iter=100)
-
-        def closure() -> torch.Tensor:
-            opt.zero_grad()
-            loss = F.cross_entropy(logits / torch.exp(log_t), target)
-            loss.backward()
-            return loss
-
-        opt.step(closure)
-        temps[head] = float(torch.exp(log_t.detach()).clamp(0.05, 20.0))
-    return temps
+    """Temperature scaling per head on the validation set (Guo et al. 2017)."""
+    return {
+        head: _fit_temperature(logits, target)
+        for head, (logits, target) in _validate(clf, val).head_logits.items()
+        if logits.shape[0] >= 2
+    }
 
 
-def _finish(clf: Classifier, val: LabeledViews | None, cfg: TrainConfig, stats: dict) -> None:
+def _finish(
+    clf: Classifier, val: LabeledViews | None, cfg: TrainConfig, stats: dict[str, Any]
+) -> None:
     clf.temperature = _calibrate(clf, val) if (cfg.calibrate and val is not None) else {}
     if val is not None:
-        v_loss, v_acc, _ = _validate(clf, val)
-        stats |= {"val_loss": v_loss, "val_accuracy": v_acc}
+        v = _validate(clf, val)
+        stats |= {"val_loss": v.loss, "val_accuracy": v.accuracy}
     clf.meta = {**clf.meta, "train": stats, "label_count": stats["label_count"]}
+
+
+def _identity_scaler(views: Views) -> Standardizer:
+    """Mean 0, std 1 per present modality: the network sees the inputs unchanged."""
+    dims = {name: dim for name, dim in views.dims.items() if dim is not None}
+    return Standardizer(
+        {n: np.zeros(d, np.float32) for n, d in dims.items()},
+        {n: np.ones(d, np.float32) for n, d in dims.items()},
+    )
 
 
 def train_passive(
@@ -220,7 +242,8 @@ def train_passive(
         d=cfg.d,
         dropout=cfg.dropout,
     )
-    clf = Classifier(build_network(net_cfg), Standardizer.fit(train.views), list(classes))
+    scaler = Standardizer.fit(train.views) if cfg.standardize else _identity_scaler(train.views)
+    clf = Classifier(build_network(net_cfg), scaler, list(classes))
     loss_fn = UncertaintyWeightedLoss()
     stats = _fit(
         clf, train, val, cfg, lr=cfg.lr, max_epochs=cfg.max_epochs, freeze_bn=False, loss_fn=loss_fn

@@ -17,8 +17,14 @@ def test_head_with_missing_modality_contributes_nothing() -> None:
     loss_fn = UncertaintyWeightedLoss()
     wild = good.clone()
     wild[~image_mask] = torch.tensor([-100.0, 100.0])  # garbage where the image is missing
-    base = loss_fn(_out({"image": good, "text": good}, {"image": image_mask, "text": image_mask | True}), target)
-    noisy = loss_fn(_out({"image": wild, "text": good}, {"image": image_mask, "text": image_mask | True}), target)
+    base = loss_fn(
+        _out({"image": good, "text": good}, {"image": image_mask, "text": image_mask | True}),
+        target,
+    )
+    noisy = loss_fn(
+        _out({"image": wild, "text": good}, {"image": image_mask, "text": image_mask | True}),
+        target,
+    )
     assert torch.allclose(base, noisy)
 
 
@@ -27,7 +33,10 @@ def test_head_without_rows_adds_no_regulariser() -> None:
     loss_fn.log_var.data = torch.tensor([1.0, 2.0, 3.0])
     logits = torch.zeros(4, 2)
     none = torch.zeros(4, dtype=torch.bool)
-    out = loss_fn(_out({"image": logits, "fused": logits}, {"image": none, "fused": none}), torch.zeros(4, dtype=torch.long))
+    out = loss_fn(
+        _out({"image": logits, "fused": logits}, {"image": none, "fused": none}),
+        torch.zeros(4, dtype=torch.long),
+    )
     assert float(out) == 0.0
 
 
@@ -39,7 +48,13 @@ def test_formula_matches_design() -> None:
     logits = torch.randn(4, 3, generator=torch.Generator().manual_seed(0))
     target = torch.tensor([0, 1, 2, 0])
     full = torch.ones(4, dtype=torch.bool)
-    out = loss_fn(_out({h: logits for h in ("image", "text", "fused")}, {h: full for h in ("image", "text", "fused")}), target)
+    out = loss_fn(
+        _out(
+            {h: logits for h in ("image", "text", "fused")},
+            {h: full for h in ("image", "text", "fused")},
+        ),
+        target,
+    )
     ce = torch.nn.functional.cross_entropy(logits, target)
     expected = sum(torch.exp(-s[i]) * ce + 0.5 * s[i] for i in range(3))
     assert torch.allclose(out, expected)

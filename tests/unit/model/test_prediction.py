@@ -87,7 +87,9 @@ def test_registry_promotes_atomically(tiny_model, tmp_path) -> None:
 def test_concurrent_saves_get_distinct_versions(tiny_model, tmp_path) -> None:
     reg = ModelRegistry(tmp_path)
     names: list[str] = []
-    threads = [threading.Thread(target=lambda: names.append(reg.save(tiny_model))) for _ in range(4)]
+    threads = [
+        threading.Thread(target=lambda: names.append(reg.save(tiny_model))) for _ in range(4)
+    ]
     for t in threads:
         t.start()
     for t in threads:

@@ -10,7 +10,9 @@ from tests.conftest import TINY_TRAIN
 
 
 def _bn_buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k}
+    return {
+        k: v.clone() for k, v in net.state_dict().items() if "running" in k or "num_batches" in k
+    }
 
 
 def test_passive_training_beats_chance(tiny_model, small_splits) -> None:
