@@ -1,0 +1,85 @@
+"""CLI: `python -m batch_jobs {nightly,retrain,bootstrap} [--home DIR]`; prints the report."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from dataclasses import replace
+from datetime import date
+from pathlib import Path
+from typing import Any
+
+from batch_jobs.config import JobConfig, Paths
+
+DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reviews.npz"
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(prog="python -m batch_jobs", description=__doc__)
+    ap.add_argument("--home", type=Path, default=None, help="state folder (env POSTCLF_HOME)")
+    ap.add_argument("--json", action="store_true", help="print the report as JSON only")
+    sub = ap.add_subparsers(dest="command", required=True)
+    night = sub.add_parser("nightly", help="retrain, propose and export tonight's query")
+    night.add_argument("--dry-run", action="store_true", help="write nothing, show the query")
+    night.add_argument("--night", type=date.fromisoformat, default=None, help="YYYY-MM-DD")
+    night.add_argument("--strategy", default=None, help="override the query strategy")
+    night.add_argument("--query-size", type=int, default=None)
+    re = sub.add_parser("retrain", help="fold new labels in and gate the candidate")
+    re.add_argument("--force", action="store_true", help="even with few new labels")
+    boot = sub.add_parser("bootstrap", help="train and promote the first model if none exists")
+    boot.add_argument("--data", type=Path, default=None, help="labeled .npz (env POSTCLF_DATA)")
+    return ap.parse_args(argv)
+
+
+def build(args: argparse.Namespace) -> tuple[Paths, JobConfig]:
+    """Entry point: the one place that reads the environment."""
+    home = args.home or Path(os.environ.get("POSTCLF_HOME", "var"))
+    cfg = JobConfig()
+    if getattr(args, "strategy", None) or getattr(args, "query_size", None):
+        query = replace(
+            cfg.query,
+            strategy=args.strategy or cfg.query.strategy,
+            query_size=args.query_size or cfg.query.query_size,
+        )
+        cfg = replace(cfg, query=query)
+    return Paths(home), cfg
+
+
+def print_report(report: dict[str, Any], as_json: bool) -> None:
+    timings = report.get("timings") or report.get("seconds") or {}
+    print(json.dumps(report, indent=2, default=str))
+    if as_json or not timings:
+        return
+    print(f"\n{'stage':<22} {'seconds':>9}")
+    for name, secs in timings.items():
+        print(f"{name:<22} {secs:>9.3f}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    args = parse_args(argv)
+    paths, cfg = build(args)
+    if args.command == "nightly":
+        from batch_jobs.nightly import run_nightly
+
+        rep = run_nightly(
+            paths, cfg, night=args.night, dry_run=args.dry_run, progress=sys.stderr.isatty()
+        )
+        print_report(rep.to_dict(), args.json)
+    elif args.command == "retrain":
+        from batch_jobs.retrain import retrain
+
+        print_report(retrain(paths, cfg, force=args.force).to_dict(), args.json)
+    else:
+        from batch_jobs.bootstrap import ensure_model
+
+        data = args.data or Path(os.environ.get("POSTCLF_DATA", DEFAULT_DATA))
+        print_report({"current_version": ensure_model(paths, cfg, data)}, args.json)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,84 @@
+"""Typed job configuration: where state lives (`Paths`) and how the jobs behave (`JobConfig`)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+from batch_jobs.active_step import QueryConfig
+from model.training import TrainConfig
+from postclf_errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class Paths:
+    """Everything the service keeps lives under one `home` folder (POSTCLF_HOME)."""
+
+    home: Path
+
+    @property
+    def ledger(self) -> Path:
+        """SQLite ledger file: posts, labels, queries, model records, job runs, locks."""
+        return Path(self.home) / "ledger.db"
+
+    @property
+    def pool(self) -> Path:
+        """Folder of `.npy` embedding segments (store.pool.Pool)."""
+        return Path(self.home) / "pool"
+
+    @property
+    def models(self) -> Path:
+        """Model registry root (model.registry.ModelRegistry)."""
+        return Path(self.home) / "models"
+
+    @property
+    def exports(self) -> Path:
+        """One folder per exported query: exports/<query_id>/."""
+        return Path(self.home) / "exports"
+
+
+@dataclass(frozen=True)
+class JobConfig:
+    """How the nightly job, retraining and bootstrap behave."""
+
+    query: QueryConfig = field(default_factory=QueryConfig)  # strategy and query size
+    train: TrainConfig = field(default_factory=TrainConfig)  # both training phases
+    min_new_labels: int = 20  # labels written since the current model before retraining
+    promote_tolerance: float = 0.005  # promote if cand. gate accuracy >= current's - this
+    holdout_fraction: float = 0.15  # share of new posts (by sha1 of id) kept for the gate
+    query_ttl_days: int = 7  # open queries older than this are closed by the nightly job
+    seed: int = 0  # query randomness: the generator is seeded with (seed, night)
+    lock_ttl_s: float = 6 * 3600.0  # a crashed job's lock is taken over after this
+    ledger_synchronous: str = "FULL"  # FULL: a committed label survives a power loss
+    pool_flush_rows: int = 4096  # rows buffered before the pool writes a segment
+    misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
+
+    def __post_init__(self) -> None:
+        if self.min_new_labels < 0:
+            raise InvalidInputError("must be >= 0", "min_new_labels")
+        if not 0.0 <= self.holdout_fraction < 1.0:
+            raise InvalidInputError("must be in [0, 1)", "holdout_fraction")
+        if self.query_ttl_days < 1:
+            raise InvalidInputError("must be >= 1", "query_ttl_days")
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> JobConfig:
+        """Build from plain data (a config file section); `query`/`train` are nested dicts."""
+        known = {f.name for f in fields(cls)}
+        unknown = set(data) - known
+        if unknown:
+            raise InvalidInputError(f"unknown keys {sorted(unknown)}", "jobs")
+        kwargs = dict(data)
+        if isinstance(kwargs.get("query"), dict):
+            kwargs["query"] = _build(QueryConfig, kwargs["query"], "jobs.query")
+        if isinstance(kwargs.get("train"), dict):
+            kwargs["train"] = _build(TrainConfig, kwargs["train"], "jobs.train")
+        return cls(**kwargs)
+
+
+def _build(kind: type, data: dict[str, Any], where: str) -> Any:
+    unknown = set(data) - {f.name for f in fields(kind)}
+    if unknown:
+        raise InvalidInputError(f"unknown keys {sorted(unknown)}", where)
+    return kind(**data)

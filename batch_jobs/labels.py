@@ -1,0 +1,69 @@
+"""Validate assessor labels and store the valid ones durably; every bad item is reported."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from store.ledger import LabelRow, Ledger
+
+
+@dataclass(frozen=True)
+class LabelIn:
+    """One label as an assessor submits it: a class *name* for a post."""
+
+    post_id: str
+    label: str
+    assessor_id: str
+    query_id: str | None = None
+
+
+@dataclass(frozen=True)
+class Rejection:
+    index: int  # position in the submitted list
+    post_id: str
+    field: str  # e.g. "labels[3].label"
+    reason: str
+
+
+@dataclass(frozen=True)
+class SubmitResult:
+    accepted: int  # new labels and corrections (a changed label from the same assessor)
+    duplicates: int  # the same label from the same assessor again: stored once
+    rejected: list[Rejection]
+    corrections: int = 0  # part of `accepted`
+
+
+def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection | None:
+    where = f"labels[{i}]"
+    if not item.post_id:
+        return Rejection(i, item.post_id, f"{where}.post_id", "empty post_id")
+    if not known:
+        return Rejection(i, item.post_id, f"{where}.post_id", "unknown post_id")
+    if item.label not in classes:
+        return Rejection(i, item.post_id, f"{where}.label", f"unknown class {item.label!r}")
+    if not item.assessor_id or not item.assessor_id.strip():
+        return Rejection(i, item.post_id, f"{where}.assessor_id", "empty assessor_id")
+    return None
+
+
+def submit_labels(
+    ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
+) -> SubmitResult:
+    """Reject unknown posts, unknown classes and empty assessors; store the rest in one
+    durable transaction. A bad item never costs a good one its place."""
+    known = ledger.known_posts([lab.post_id for lab in labels])
+    class_set = set(classes)
+    rejected, rows = [], []
+    for i, item in enumerate(labels):
+        bad = _check(i, item, class_set, bool(known[i]))
+        if bad is not None:
+            rejected.append(bad)
+        else:
+            rows.append(
+                LabelRow(item.post_id, item.assessor_id.strip(), item.label, item.query_id or None)
+            )
+    if not rows:
+        return SubmitResult(0, 0, rejected)
+    counts = ledger.add_labels(rows)
+    return SubmitResult(counts.accepted, counts.duplicates, rejected, counts.corrections)

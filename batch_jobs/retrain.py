@@ -1,0 +1,218 @@
+"""Label fold-in: resolve labels, fine-tune the current model (active phase), gate, promote.
+
+The gate set is every labeled *holdout* post (never trained on). It is also the early-stopping
+and calibration set of `fold_in`, as it was for the bootstrap model, so both models are judged
+on data they were tuned on; the comparison is like with like. With no labeled holdout post the
+candidate is saved but NOT promoted (status "candidate", reason says why) — no silent pass.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+import uuid
+from collections import Counter, defaultdict
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+
+from batch_jobs.active_step import fold_in
+from batch_jobs.config import JobConfig, Paths
+from model.classifier import Classifier
+from model.registry import ModelRegistry
+from model.training import LabeledViews, macro_f1
+from store.ledger import Ledger
+from store.pool import Pool
+
+log = logging.getLogger(__name__)
+LOCK = "retrain"
+
+
+@dataclass(frozen=True)
+class ResolvedLabels:
+    """One label per post: the majority across assessors. Ties are left out (listed)."""
+
+    post_ids: np.ndarray  # (n,) str
+    labels: np.ndarray  # (n,) int64 class ids
+    holdout: np.ndarray  # (n,) bool
+    ties: list[str]
+    unknown_class: list[str]  # posts whose winning label is not a class of the model
+
+
+@dataclass
+class RetrainReport:
+    status: str  # skipped | promoted | rejected | candidate (saved, not evaluated: no gate)
+    reason: str
+    parent: str | None = None
+    version: str | None = None
+    new_labels: int = 0
+    train_size: int = 0
+    gate_size: int = 0
+    ties: list[str] = field(default_factory=list)
+    unknown_class: list[str] = field(default_factory=list)
+    missing_embeddings: list[str] = field(default_factory=list)
+    candidate: dict[str, float] | None = None  # gate metrics
+    current: dict[str, float] | None = None
+    seconds: dict[str, float] = field(default_factory=dict)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def resolve_labels(rows: list[tuple[str, str, str, bool]], classes: list[str]) -> ResolvedLabels:
+    """Majority vote per post over `(post_id, assessor_id, label, holdout)` ledger rows."""
+    votes: dict[str, Counter[str]] = defaultdict(Counter)
+    holdout: dict[str, bool] = {}
+    for post_id, _assessor, label, hold in rows:
+        votes[post_id][label] += 1
+        holdout[post_id] = bool(hold)
+    index = {c: i for i, c in enumerate(classes)}
+    ids, labels, ties, unknown = [], [], [], []
+    for post_id, counter in votes.items():
+        (top, n), *rest = counter.most_common()
+        if rest and rest[0][1] == n:
+            ties.append(post_id)
+        elif top not in index:
+            unknown.append(post_id)
+        else:
+            ids.append(post_id)
+            labels.append(index[top])
+    return ResolvedLabels(
+        np.asarray(ids, dtype=str),
+        np.asarray(labels, dtype=np.int64),
+        np.asarray([holdout[p] for p in ids], dtype=bool),
+        ties,
+        unknown,
+    )
+
+
+def evaluate(clf: Classifier, data: LabeledViews) -> dict[str, float]:
+    """Accuracy and macro-F1 of the served predictions on `data`."""
+    pred = clf.predict(data.views).probs.argmax(1)
+    f1 = macro_f1(pred, data.labels, len(clf.classes))
+    return {
+        "accuracy": float((pred == data.labels).mean()),
+        "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else 0.0,
+        "n": len(data),
+    }
+
+
+def gather(
+    pool: Pool, resolved: ResolvedLabels
+) -> tuple[LabeledViews | None, np.ndarray, list[str]]:
+    """Pooled embeddings of the resolved posts: `(data, holdout (k,) bool, ids not pooled)`."""
+    found, views = pool.get(resolved.post_ids)
+    missing = sorted(set(resolved.post_ids.tolist()) - set(found.tolist()))
+    if len(found) == 0:
+        return None, np.zeros(0, bool), missing
+    where = {p: i for i, p in enumerate(resolved.post_ids.tolist())}
+    rows = np.asarray([where[p] for p in found.tolist()], dtype=np.int64)
+    return LabeledViews(views, resolved.labels[rows]), resolved.holdout[rows], missing
+
+
+def decide(
+    cand: dict[str, float], curr: dict[str, float] | None, tolerance: float
+) -> tuple[bool, str]:
+    """Promote when candidate gate accuracy >= current's - tolerance."""
+    if curr is None:
+        return True, f"no current model to compare with; gate accuracy {cand['accuracy']:.4f}"
+    floor = curr["accuracy"] - tolerance
+    verdict = ">=" if cand["accuracy"] >= floor else "<"
+    reason = (
+        f"gate accuracy {cand['accuracy']:.4f} {verdict} current {curr['accuracy']:.4f} "
+        f"- tolerance {tolerance} (macro-F1 {cand['macro_f1']:.4f} vs {curr['macro_f1']:.4f}, "
+        f"n={cand['n']})"
+    )
+    return cand["accuracy"] >= floor, reason
+
+
+def retrain(paths: Paths, cfg: JobConfig, force: bool = False) -> RetrainReport:
+    """Fold new labels into the current model; promote the candidate only if the gate agrees.
+
+    Skips (with a reason) when fewer than `cfg.min_new_labels` labels were written since the
+    current model was trained, unless `force`, or when another retrain holds the lock.
+    """
+    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
+    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    try:
+        if not ledger.acquire_lock(LOCK, owner, cfg.lock_ttl_s):
+            holder = ledger.lock_holder(LOCK)
+            return RetrainReport("skipped", f"another retrain is running ({holder})")
+        try:
+            return _retrain_locked(paths, cfg, ledger, force)
+        finally:
+            ledger.release_lock(LOCK, owner)
+    finally:
+        ledger.close()
+
+
+def _retrain_locked(paths: Paths, cfg: JobConfig, ledger: Ledger, force: bool) -> RetrainReport:
+    t0 = time.perf_counter()
+    registry = ModelRegistry(paths.models)
+    parent_version = registry.current_version()
+    current = registry.load(parent_version)  # ModelUnavailableError before bootstrap
+    record = ledger.get_model(parent_version) if parent_version else None
+    seq = ledger.label_seq()
+    new = ledger.count_labels_since(record.label_seq if record else 0)
+    report = RetrainReport("skipped", "", parent=parent_version, new_labels=new)
+    if new < cfg.min_new_labels and not force:
+        report.reason = (
+            f"{new} new labels since {parent_version} < min_new_labels {cfg.min_new_labels}"
+        )
+        return report
+    resolved = resolve_labels(ledger.labels(), current.classes)
+    report.ties, report.unknown_class = resolved.ties, resolved.unknown_class
+    data, hold, report.missing_embeddings = gather(Pool(paths.pool), resolved)
+    if data is None:
+        report.reason = "no labeled post has an embedding in the pool"
+        return report
+    train, gate = data.take(np.flatnonzero(~hold)), data.take(np.flatnonzero(hold))
+    report.train_size, report.gate_size = len(train), len(gate)
+    if len(train) == 0:
+        report.reason = "every labeled post is a holdout post: nothing to train on"
+        return report
+    report.seconds["load"] = time.perf_counter() - t0
+    return _train_and_gate(cfg, ledger, registry, current, train, gate, seq, report)
+
+
+def _train_and_gate(
+    cfg: JobConfig,
+    ledger: Ledger,
+    registry: ModelRegistry,
+    current: Classifier,
+    train: LabeledViews,
+    gate: LabeledViews,
+    seq: int,
+    report: RetrainReport,
+) -> RetrainReport:
+    t0 = time.perf_counter()
+    candidate = fold_in(current, train, gate if len(gate) else None, current.classes, cfg.train)
+    t1 = time.perf_counter()
+    report.seconds["train"] = t1 - t0
+    if len(gate):
+        report.candidate, report.current = evaluate(candidate, gate), evaluate(current, gate)
+        promote, report.reason = decide(report.candidate, report.current, cfg.promote_tolerance)
+        report.status = "promoted" if promote else "rejected"
+    else:
+        promote, report.status = False, "candidate"
+        report.reason = (
+            "no labeled holdout post: the gate cannot evaluate the candidate, so it is saved "
+            "but not promoted (label some holdout posts, or promote it by hand)"
+        )
+    report.seconds["evaluate"] = time.perf_counter() - t1
+    metrics = {"gate": report.candidate or {}, "current_gate": report.current or {}}
+    report.version = registry.save(candidate, _flat(report.candidate), parent=report.parent)
+    if promote:
+        registry.promote(report.version)
+    ledger.record_model(
+        report.version, report.parent, report.status, metrics, report.reason, label_seq=seq
+    )
+    log.info("event=retrain status=%s version=%s %s", report.status, report.version, report.reason)
+    return report
+
+
+def _flat(metrics: dict[str, float] | None) -> dict[str, float]:
+    return {f"gate_{k}": float(v) for k, v in (metrics or {}).items()}

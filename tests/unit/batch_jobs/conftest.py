@@ -1,0 +1,66 @@
+"""A bootstrapped home (tiny model on reviews_small.npz) made once and copied per test."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch_jobs.active_step import QueryConfig
+from batch_jobs.bootstrap import ensure_model
+from batch_jobs.config import JobConfig, Paths
+from model.data import Views
+from model.training import TrainConfig
+from store.ledger import Ledger
+from store.pool import Pool
+
+DATA = Path(os.environ.get("POSTCLF_DATA_DIR", Path(__file__).parents[4] / "shared" / "data"))
+SMALL = DATA / "reviews_small.npz"
+
+
+@pytest.fixture(scope="session")
+def small() -> dict[str, np.ndarray]:
+    if not SMALL.exists():
+        pytest.skip(f"{SMALL} not found (set POSTCLF_DATA_DIR)")
+    with np.load(SMALL) as d:
+        return {k: d[k] for k in d.files}
+
+
+@pytest.fixture(scope="session")
+def job_cfg() -> JobConfig:
+    # Tiny but well above chance on the gate (~0.35 accuracy over 18 classes) in a few seconds.
+    train = TrainConfig(
+        d=16, max_epochs=8, finetune_max_epochs=2, base_batch=64, patience=3, lr=3e-3
+    )
+    return JobConfig(query=QueryConfig(query_size=20), train=train, min_new_labels=5)
+
+
+@pytest.fixture(scope="session")
+def template_home(tmp_path_factory, small, job_cfg) -> Path:
+    """Bootstrapped (train+val seeded, model v0001) plus the test split classified into the pool."""
+    home = tmp_path_factory.mktemp("template")
+    paths = Paths(home)
+    ensure_model(paths, job_cfg, SMALL)
+    test = small["split"] == "test"
+    ids = small["post_id"][test].astype(str)
+    pool = Pool(paths.pool)
+    pool.append(ids, Views.from_nan_rows(small["image"][test], small["text"][test]))
+    pool.flush()
+    with Ledger(paths.ledger) as ledger:
+        ledger.add_posts(ids.tolist(), "classify")
+    return home
+
+
+@pytest.fixture
+def paths(template_home, tmp_path) -> Paths:
+    home = tmp_path / "home"
+    shutil.copytree(template_home, home)
+    return Paths(home)
+
+
+def true_label(small: dict[str, np.ndarray], post_id: str) -> str:
+    row = int(np.flatnonzero(small["post_id"] == post_id)[0])
+    return str(small["class_names"][small["label"][row]])

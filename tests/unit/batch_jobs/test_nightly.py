@@ -1,0 +1,155 @@
+"""run_nightly: one query per night, open-query and labeled posts not re-queried, the export,
+the lock, dry runs, and repair of a missing export."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from dataclasses import replace
+from datetime import date
+
+import pandas as pd
+import pytest
+
+from batch_jobs.export import COLUMNS, read_export
+from batch_jobs.labels import LabelIn, submit_labels
+from batch_jobs.nightly import run_nightly
+from model.registry import ModelRegistry
+from postclf_errors import ModelUnavailableError
+from store.ledger import Ledger
+
+from .conftest import true_label
+
+NIGHT = date(2026, 3, 1)
+
+
+def test_first_run_creates_and_exports_a_query(paths, job_cfg):
+    rep = run_nightly(paths, job_cfg, night=NIGHT)
+    assert rep.status == "created"
+    assert rep.query_id == "q20260301-v0001" and rep.model_version == "v0001"
+    assert rep.query_size == 20 and len(set(rep.post_ids)) == 20
+    assert rep.pool_size == 901 and rep.eligible == 216  # only the unlabeled test split
+    assert {"read_pool", "propose", "export"} <= set(rep.timings)
+    with Ledger(paths.ledger) as ledger:
+        assert [q.query_id for q in ledger.list_queries()] == [rep.query_id]
+        assert ledger.posts_in_open_queries() == set(rep.post_ids)
+        (run,) = ledger.job_runs("nightly")
+        assert run.status == "ok" and run.report["query_id"] == rep.query_id
+
+
+def test_export_folder_contents(paths, job_cfg, small):
+    rep = run_nightly(paths, job_cfg, night=NIGHT)
+    folder = paths.exports / rep.query_id
+    assert rep.export_path == str(folder)
+    assert sorted(p.name for p in folder.iterdir()) == [
+        "manifest.json",
+        "query.csv",
+        "query.parquet",
+    ]
+    table, manifest = read_export(folder)
+    assert list(table.columns) == COLUMNS
+    assert table["post_id"].tolist() == rep.post_ids
+    assert table["rank"].tolist() == list(range(20))
+    assert set(table["predicted_label"]) <= set(small["class_names"].astype(str))
+    assert table["confidence"].between(0, 1).all() and (table["strategy"] == "margin").all()
+    assert table["score"].is_monotonic_decreasing  # best first, plain margin
+    csv = pd.read_csv(folder / "query.csv")
+    assert csv["post_id"].tolist() == rep.post_ids
+    assert manifest["model_version"] == "v0001" and manifest["strategy"] == "margin"
+    assert (manifest["pool_size"], manifest["eligible"], manifest["size"]) == (901, 216, 20)
+    assert sum(manifest["predicted_counts"].values()) == 20
+    assert manifest["parameters"]["query_size"] == 20
+    assert not [p for p in paths.exports.iterdir() if p.name.startswith(".")]  # no temp left
+
+
+def test_rerun_same_night_returns_the_same_query(paths, job_cfg):
+    first = run_nightly(paths, job_cfg, night=NIGHT)
+    again = run_nightly(paths, job_cfg, night=NIGHT)
+    assert again.status == "existing"
+    assert (again.query_id, again.post_ids) == (first.query_id, first.post_ids)
+    with Ledger(paths.ledger) as ledger:
+        assert len(ledger.list_queries()) == 1
+
+
+def test_missing_export_is_repaired_on_rerun(paths, job_cfg):
+    first = run_nightly(paths, job_cfg, night=NIGHT)
+    shutil.rmtree(first.export_path)
+    again = run_nightly(paths, job_cfg, night=NIGHT)
+    assert again.status == "existing"
+    assert json.loads((paths.exports / first.query_id / "manifest.json").read_text())["size"] == 20
+
+
+def test_open_query_and_labeled_posts_are_not_requeried(paths, job_cfg, small):
+    first = run_nightly(paths, job_cfg, night=NIGHT)
+    classes = small["class_names"].astype(str).tolist()
+    labeled = [
+        p for p in small["post_id"][small["split"] == "test"].astype(str) if p not in first.post_ids
+    ][:3]
+    with Ledger(paths.ledger) as ledger:
+        submit_labels(ledger, classes, [LabelIn(p, true_label(small, p), "ann") for p in labeled])
+    second = run_nightly(paths, job_cfg, night=date(2026, 3, 2))
+    assert second.status == "created" and second.eligible == 216 - 20 - 3
+    assert not set(second.post_ids) & (set(first.post_ids) | set(labeled))
+
+
+def test_expired_queries_are_closed_and_their_posts_eligible_again(paths, job_cfg):
+    first = run_nightly(paths, job_cfg, night=NIGHT)
+    with Ledger(paths.ledger) as ledger:  # age the query past the TTL
+        ledger._conn().execute("UPDATE queries SET created_at = '2000-01-01T00:00:00+00:00'")
+    second = run_nightly(paths, job_cfg, night=date(2026, 3, 2))
+    assert second.closed_queries == [first.query_id]
+    assert second.eligible == 216
+    with Ledger(paths.ledger) as ledger:
+        assert ledger.get_query(first.query_id).status == "closed"
+
+
+def test_nightly_retrains_on_new_labels_and_queries_with_the_new_model(paths, job_cfg, small):
+    first = run_nightly(paths, job_cfg, night=NIGHT)
+    classes = small["class_names"].astype(str).tolist()
+    with Ledger(paths.ledger) as ledger:
+        items = [LabelIn(p, true_label(small, p), "ann", first.query_id) for p in first.post_ids]
+        assert submit_labels(ledger, classes, items).accepted == 20
+    second = run_nightly(paths, job_cfg, night=date(2026, 3, 2))
+    assert second.retrain["status"] in {"promoted", "rejected"}
+    assert second.retrain["reason"]
+    current = ModelRegistry(paths.models).current_version()
+    assert second.model_version == current
+    assert (current == "v0002") == (second.retrain["status"] == "promoted")
+
+
+def test_lock_held_skips_without_error(paths, job_cfg):
+    with Ledger(paths.ledger) as ledger:
+        ledger.acquire_lock("nightly", "other-replica", 60)
+    rep = run_nightly(paths, job_cfg, night=NIGHT)
+    assert rep.status == "skipped" and "other-replica" in rep.reason
+    with Ledger(paths.ledger) as ledger:
+        assert ledger.list_queries() == [] and ledger.job_runs() == []
+
+
+def test_dry_run_writes_nothing(paths, job_cfg):
+    rep = run_nightly(paths, job_cfg, night=NIGHT, dry_run=True)
+    assert rep.status == "dry_run" and len(rep.post_ids) == 20
+    assert not paths.exports.exists() or not list(paths.exports.iterdir())
+    with Ledger(paths.ledger) as ledger:
+        assert ledger.list_queries() == [] and ledger.job_runs() == []
+    real = run_nightly(paths, job_cfg, night=NIGHT)
+    assert real.post_ids == rep.post_ids  # same seed and night, same query
+
+
+def test_small_pool_gives_what_it_has(paths, job_cfg):
+    cfg = replace(job_cfg, query=replace(job_cfg.query, query_size=500))
+    rep = run_nightly(paths, cfg, night=NIGHT)
+    assert rep.query_size == 216
+    nothing = run_nightly(paths, cfg, night=date(2026, 3, 2))
+    assert nothing.status == "no_eligible"
+
+
+def test_no_model_fails_and_records_it(tmp_path, job_cfg):
+    from batch_jobs.config import Paths
+
+    paths = Paths(tmp_path)
+    with pytest.raises(ModelUnavailableError):
+        run_nightly(paths, job_cfg, night=NIGHT)
+    with Ledger(paths.ledger) as ledger:
+        (run,) = ledger.job_runs()
+        assert run.status == "failed" and "no model" in run.report["error"]
