@@ -1,0 +1,1 @@
+"""gRPC adapter of postclf: validation → domain calls → responses, plus process wiring."""

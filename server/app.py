@@ -1,0 +1,206 @@
+"""Build and start the whole server in one function; `App.stop()` shuts it down gracefully."""
+
+from __future__ import annotations
+
+import functools
+import logging
+import threading
+from concurrent import futures
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+
+from batch_jobs.config import JobConfig, Paths
+from model.registry import ModelRegistry
+from postclf.v1 import postclf_pb2 as pb
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from server.auth import TokenAuthInterceptor
+from server.batcher import Batcher
+from server.config import ServerConfig
+from server.jobs import Jobs
+from server.metrics import Metrics, MetricsInterceptor
+from server.models import ModelHolder, ServedModel
+from server.poolwriter import PoolWriter
+from server.service import PostService
+from server.servicer import AdminServicer, PostClassifierServicer
+from store.ledger import Ledger
+from store.pool import Pool
+
+log = logging.getLogger(__name__)
+
+SERVICE_NAMES = tuple(s.full_name for s in pb.DESCRIPTOR.services_by_name.values())
+SERVING = health_pb2.HealthCheckResponse.SERVING
+NOT_SERVING = health_pb2.HealthCheckResponse.NOT_SERVING
+
+
+@dataclass
+class App:
+    """A running server and everything it owns."""
+
+    cfg: ServerConfig
+    server: grpc.Server
+    port: int
+    health: health.HealthServicer
+    service: PostService
+    metrics_port: int | None = None
+    metrics_httpd: Any = None
+    scheduler: Any = None
+    _stopped: threading.Event = field(default_factory=threading.Event)
+
+    @property
+    def holder(self) -> ModelHolder:
+        return self.service.holder
+
+    def stop(self, grace: float | None = None) -> None:
+        """Stop accepting calls, let in-flight ones finish, flush the pool, close the ledger."""
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        grace = self.cfg.grace_s if grace is None else grace
+        log.info("event=shutdown_started grace_s=%s", grace)
+        self.health.enter_graceful_shutdown()
+        self.server.stop(grace).wait()
+        if self.scheduler is not None:
+            self.scheduler.shutdown(wait=False)
+        svc = self.service
+        svc.holder.stop()
+        svc.batcher.stop()
+        svc.writer.close()  # drains queued pool writes, then flushes the pool buffer
+        svc.ledger.close()
+        if self.metrics_httpd is not None:
+            self.metrics_httpd.shutdown()
+            self.metrics_httpd.server_close()
+        log.info("event=shutdown_done pool_posts=%d", len(svc.pool))
+
+    def wait(self) -> None:
+        self.server.wait_for_termination()
+
+
+def _grpc_server(cfg: ServerConfig, metrics: Metrics) -> grpc.Server:
+    size = cfg.limits.max_message_bytes
+    return grpc.server(
+        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
+        interceptors=[MetricsInterceptor(metrics), TokenAuthInterceptor(cfg.auth)],
+        options=[
+            ("grpc.max_receive_message_length", size),
+            ("grpc.max_send_message_length", size),
+            ("grpc.so_reuseport", int(cfg.reuse_port)),
+        ],
+    )
+
+
+def _bind(server: grpc.Server, cfg: ServerConfig) -> int:
+    address = f"{cfg.host}:{cfg.grpc_port}"
+    tls = cfg.tls
+    if tls.enabled:
+        assert tls.cert_file is not None and tls.key_file is not None  # `enabled` says so
+        ca = tls.client_ca_file.read_bytes() if tls.client_ca_file else None
+        creds = grpc.ssl_server_credentials(
+            [(tls.key_file.read_bytes(), tls.cert_file.read_bytes())],
+            root_certificates=ca,
+            require_client_auth=ca is not None,
+        )
+        port = server.add_secure_port(address, creds)
+    else:
+        port = server.add_insecure_port(address)
+    if not port:
+        raise OSError(f"could not bind {address}")
+    return port
+
+
+def _register(
+    server: grpc.Server, service: PostService, hs: health.HealthServicer, cfg: ServerConfig
+) -> grpc.Server:
+    pb_grpc.add_PostClassifierServicer_to_server(
+        PostClassifierServicer(service, cfg.limits), server
+    )
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(service), server)
+    health_pb2_grpc.add_HealthServicer_to_server(hs, server)
+    reflection.enable_server_reflection(
+        (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
+    )
+    return server
+
+
+def _on_model(health_servicer: health.HealthServicer, metrics: Metrics) -> Any:
+    def changed(model: ServedModel) -> None:
+        metrics.model.info({"version": model.version})
+        for name in ("", *SERVICE_NAMES):
+            health_servicer.set(name, SERVING)
+
+    return changed
+
+
+def _build_service(
+    cfg: ServerConfig, paths: Paths, jobs: Jobs, metrics: Metrics, hs: Any
+) -> PostService:
+    jc = jobs.cfg
+    ledger = Ledger(paths.ledger, jc.ledger_synchronous, jc.holdout_fraction)
+    pool = Pool(paths.pool, flush_rows=jc.pool_flush_rows)
+    metrics.pool_size.set_function(lambda: len(pool))
+    registry = ModelRegistry(paths.models)
+    holder = ModelHolder(registry, cfg.model_poll_s, on_change=_on_model(hs, metrics))
+    return PostService(
+        holder=holder,
+        registry=registry,
+        batcher=Batcher(holder, cfg.batcher, metrics),
+        writer=PoolWriter(pool, ledger, metrics, cfg.pool_queue_batches),
+        ledger=ledger,
+        pool=pool,
+        metrics=metrics,
+        jobs=jobs,
+    )
+
+
+def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
+    """Start gRPC (NOT_SERVING until a model loads), the model watcher, metrics, scheduler."""
+    paths = Paths(Path(cfg.home))
+    jobs = Jobs(paths, job_cfg or JobConfig.from_dict(dict(cfg.jobs)))
+    metrics = Metrics()
+    hs = health.HealthServicer(experimental_non_blocking=True)
+    for name in ("", *SERVICE_NAMES):
+        hs.set(name, NOT_SERVING)
+    service = _build_service(cfg, paths, jobs, metrics, hs)
+    # Load an existing model before listening: a process sharing the port (reuse_port) must
+    # not take calls it cannot answer. With an empty registry this returns at once.
+    service.holder.start()
+    server = _register(_grpc_server(cfg, metrics), service, hs, cfg)
+    port = _bind(server, cfg)
+    server.start()
+    app = App(cfg=cfg, server=server, port=port, health=hs, service=service)
+    if cfg.metrics_port is not None:
+        app.metrics_httpd, app.metrics_port = metrics.serve(
+            cfg.host.strip("[]") or "::", cfg.metrics_port
+        )
+    if cfg.scheduler:
+        nightly = functools.partial(service.run_nightly, dry_run=False, seed=None)
+        app.scheduler = jobs.build_scheduler(nightly, cfg.nightly_cron)
+        app.scheduler.start()
+    log.info(
+        "event=server_started port=%d metrics_port=%s tls=%s batching=%s model=%s",
+        port,
+        app.metrics_port,
+        cfg.tls.enabled,
+        cfg.batcher.enabled,
+        service.holder.current and service.holder.current.version,
+    )
+    return app
+
+
+def bootstrap_in_background(app: App, data_path: Path) -> threading.Thread:
+    """Train the demo model when the registry is empty, then load it (health turns SERVING)."""
+
+    def run() -> None:
+        try:
+            app.service.jobs.ensure_model(data_path)
+            app.holder.refresh()
+        except Exception:
+            log.exception("event=bootstrap_failed data=%s", data_path)
+
+    thread = threading.Thread(target=run, name="bootstrap", daemon=True)
+    thread.start()
+    return thread

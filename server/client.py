@@ -1,0 +1,238 @@
+"""Command-line client: `python -m server.client [--target H:P] [--token T] COMMAND ...`.
+
+Commands: classify FILE.npz|FILE.parquet [--limit N] [--batch B] [--values] [--skip-pool];
+ingest FILE [--limit N]; submit-labels FILE.csv (post_id,label,assessor_id[,query_id]);
+model-info; health (exit 0 when SERVING); run-nightly [--dry-run] [--seed S]; retrain;
+list-queries [--limit N]. Files hold `post_id` and `image`/`text` embeddings (all-NaN or null
+row = missing view), like ../shared/data/reviews.npz.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import os
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+from google.protobuf import json_format
+from grpc_health.v1 import health_pb2, health_pb2_grpc
+
+from postclf.v1 import postclf_pb2 as pb
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from server.convert import arrays_to_posts
+
+MAX_MESSAGE = 256 * 1024 * 1024
+
+
+def load_posts_file(
+    path: Path, limit: int | None
+) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+    """`(post_ids (n,), image (n, di) | None, text (n, dt) | None)`, NaN rows = missing."""
+    if path.suffix == ".parquet":
+        import pyarrow.parquet as pq  # only this command needs it
+
+        table = pq.read_table(path).slice(0, limit)
+        cols = {name: table.column(name).to_pylist() for name in table.column_names}
+        ids = np.asarray(cols["post_id"], dtype=str)
+        return ids, _stack(cols.get("image")), _stack(cols.get("text"))
+    with np.load(path) as d:
+        n = limit if limit is not None else len(d["post_id"])
+        image = d["image"][:n] if "image" in d.files else None
+        text = d["text"][:n] if "text" in d.files else None
+        return d["post_id"][:n].astype(str), image, text
+
+
+def _stack(rows: list | None) -> np.ndarray | None:
+    if rows is None:
+        return None
+    dim = next((len(r) for r in rows if r is not None), 0)
+    out = np.full((len(rows), dim), np.nan, np.float32)
+    for i, row in enumerate(rows):
+        if row is not None:
+            out[i] = row
+    return out
+
+
+def _batches(n: int, size: int) -> Iterator[slice]:
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def cmd_classify(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub, md: list) -> int:
+    ids, image, text = load_posts_file(args.file, args.limit)
+    out = csv.writer(sys.stdout)
+    out.writerow(["post_id", "label", "confidence", "head", "model_version"])
+    for part in _batches(len(ids), args.batch):
+        posts = arrays_to_posts(
+            ids[part],
+            None if image is None else image[part],
+            None if text is None else text[part],
+            as_bytes=not args.values,
+        )
+        reply = stub.Classify(
+            pb.ClassifyRequest(posts=posts, skip_pool=args.skip_pool),
+            metadata=md,
+            timeout=args.timeout,
+        )
+        for p in reply.predictions:
+            out.writerow([p.post_id, p.label, f"{p.confidence:.4f}", p.head, p.model_version])
+    return 0
+
+
+def cmd_ingest(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub, md: list) -> int:
+    ids, image, text = load_posts_file(args.file, args.limit)
+    accepted = duplicates = 0
+    for part in _batches(len(ids), args.batch):
+        posts = arrays_to_posts(
+            ids[part], None if image is None else image[part], None if text is None else text[part]
+        )
+        reply = stub.IngestPosts(
+            pb.IngestPostsRequest(posts=posts), metadata=md, timeout=args.timeout
+        )
+        accepted, duplicates = accepted + reply.accepted, duplicates + reply.duplicates
+    print(f"accepted={accepted} duplicates={duplicates}")
+    return 0
+
+
+def cmd_submit_labels(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub, md: list) -> int:
+    with open(args.file, newline="") as f:
+        rows = list(csv.DictReader(f))
+    labels = [
+        pb.Label(
+            post_id=r["post_id"],
+            label=r["label"],
+            assessor_id=r["assessor_id"],
+            query_id=r.get("query_id") or "",
+        )
+        for r in rows
+    ]
+    reply = stub.SubmitLabels(
+        pb.SubmitLabelsRequest(labels=labels), metadata=md, timeout=args.timeout
+    )
+    print(
+        json_format.MessageToJson(
+            reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
+        )
+    )
+    return 0 if not reply.rejected else 2
+
+
+def cmd_health(args: argparse.Namespace, channel: grpc.Channel) -> int:
+    stub = health_pb2_grpc.HealthStub(channel)
+    try:
+        reply = stub.Check(
+            health_pb2.HealthCheckRequest(service=args.service), timeout=args.timeout
+        )
+    except grpc.RpcError as err:
+        print(f"health: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+    name = health_pb2.HealthCheckResponse.ServingStatus.Name(reply.status)
+    print(name)
+    return 0 if reply.status == health_pb2.HealthCheckResponse.SERVING else 1
+
+
+def _print(message: object) -> int:
+    text = json_format.MessageToJson(
+        message,  # type: ignore[arg-type]
+        always_print_fields_with_no_presence=True,
+        preserving_proto_field_name=True,
+    )
+    print(text)
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    channel = open_channel(args.target, args.tls_ca)
+    md = [("authorization", f"Bearer {args.token}")] if args.token else []
+    stub, admin = pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
+    t = args.timeout
+    match args.command:
+        case "classify":
+            return cmd_classify(args, stub, md)
+        case "ingest":
+            return cmd_ingest(args, stub, md)
+        case "submit-labels":
+            return cmd_submit_labels(args, stub, md)
+        case "health":
+            return cmd_health(args, channel)
+        case "model-info":
+            return _print(stub.GetModelInfo(pb.GetModelInfoRequest(), metadata=md, timeout=t))
+        case "run-nightly":
+            req = pb.RunNightlyRequest(dry_run=args.dry_run, seed=args.seed)
+            return _print(admin.RunNightly(req, metadata=md, timeout=t))
+        case "retrain":
+            req = pb.RetrainRequest(force=args.force)
+            return _print(admin.Retrain(req, metadata=md, timeout=t))
+        case "list-queries":
+            req = pb.ListQueriesRequest(limit=args.limit)
+            return _print(admin.ListQueries(req, metadata=md, timeout=t))
+    raise SystemExit(f"unknown command {args.command}")
+
+
+def open_channel(target: str, tls_ca: Path | None) -> grpc.Channel:
+    options = [
+        ("grpc.max_send_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ]
+    if tls_ca is not None:
+        creds = grpc.ssl_channel_credentials(root_certificates=tls_ca.read_bytes())
+        return grpc.secure_channel(target, creds, options=options)
+    return grpc.insecure_channel(target, options=options)
+
+
+def parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="python -m server.client",
+        description=__doc__,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    default_target = f"localhost:{os.environ.get('POSTCLF_GRPC_PORT', '50051')}"
+    p.add_argument(
+        "--target",
+        default=os.environ.get("POSTCLF_TARGET", default_target),
+        help="host:port (default: $POSTCLF_TARGET, else localhost:$POSTCLF_GRPC_PORT)",
+    )
+    p.add_argument(
+        "--token", default=os.environ.get("POSTCLF_TOKEN"), help="default: $POSTCLF_TOKEN"
+    )
+    p.add_argument(
+        "--tls-ca",
+        type=Path,
+        default=os.environ.get("POSTCLF_TLS_CA"),
+        help="CA certificate: use TLS (default: $POSTCLF_TLS_CA)",
+    )
+    p.add_argument("--timeout", type=float, default=30.0, help="per-call deadline, seconds")
+    sub = p.add_subparsers(dest="command", required=True)
+    for name in ("classify", "ingest"):
+        c = sub.add_parser(name)
+        c.add_argument("file", type=Path)
+        c.add_argument("--limit", type=int, default=None)
+        c.add_argument("--batch", type=int, default=256, help="posts per call")
+        c.add_argument("--values", action="store_true", help="send repeated float, not bytes")
+        c.add_argument("--skip-pool", action="store_true")
+    sub.add_parser("submit-labels").add_argument("file", type=Path)
+    sub.add_parser("health").add_argument("--service", default="")
+    sub.add_parser("model-info")
+    nightly = sub.add_parser("run-nightly")
+    nightly.add_argument("--dry-run", action="store_true")
+    nightly.add_argument("--seed", type=int, default=0)
+    sub.add_parser("retrain").add_argument("--force", action="store_true")
+    sub.add_parser("list-queries").add_argument("--limit", type=int, default=0)
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return run(args)
+    except grpc.RpcError as err:
+        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,164 @@
+"""Server configuration: frozen dataclasses built once from a TOML file plus the environment.
+
+Precedence: defaults < file (`--config` or POSTCLF_CONFIG) < environment variables.
+File layout: top-level keys of `ServerConfig`, and sections [batcher], [limits], [auth], [tls];
+a [jobs] section is passed through untouched to the batch jobs' config builder.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from postclf_errors import InvalidInputError
+
+
+@dataclass(frozen=True)
+class BatcherConfig:
+    """Dynamic micro-batching of concurrent Classify calls; max_batch=1 or max_delay_ms=0: off."""
+
+    max_batch: int = 256  # posts merged into one forward pass (one bigger call is still one batch)
+    max_delay_ms: float = 2.0  # longest a call waits for others to join its batch
+
+    @property
+    def enabled(self) -> bool:
+        return self.max_batch > 1 and self.max_delay_ms > 0
+
+
+@dataclass(frozen=True)
+class LimitsConfig:
+    max_posts_per_call: int = 4096  # Classify / IngestPosts; more → RESOURCE_EXHAUSTED
+    max_labels_per_call: int = 10_000  # SubmitLabels
+    max_message_bytes: int = 64 * 1024 * 1024  # grpc.max_receive_message_length
+    default_top_k: int = 3
+
+
+@dataclass(frozen=True)
+class AuthConfig:
+    """Bearer token per service group; None = that group is open."""
+
+    classify_token: str | None = None  # Classify, IngestPosts, GetModelInfo
+    labels_token: str | None = None  # SubmitLabels
+    admin_token: str | None = None  # Admin/*
+
+
+@dataclass(frozen=True)
+class TlsConfig:
+    cert_file: Path | None = None
+    key_file: Path | None = None
+    client_ca_file: Path | None = None  # set: clients must present a certificate it signed
+
+    @property
+    def enabled(self) -> bool:
+        return self.cert_file is not None and self.key_file is not None
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    home: Path = Path("var")  # POSTCLF_HOME: ledger, pool, model registry, exports
+    host: str = "[::]"
+    grpc_port: int = 50051  # 0 = pick a free port
+    metrics_port: int | None = 9095  # Prometheus HTTP; None = off, 0 = pick a free port
+    processes: int = 1  # server processes sharing the port (SO_REUSEPORT); one per core
+    reuse_port: bool = False  # SO_REUSEPORT (forced on when processes > 1)
+    torch_threads: int = 1  # intra-op threads per process (0 = torch's default); scale by processes
+    workers: int = 64  # gRPC handler threads (≥ the concurrency you want batched together)
+    grace_s: float = 10.0  # shutdown: in-flight calls get this long to finish
+    model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
+    pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
+    bootstrap: bool = True  # train the demo model when the registry is empty
+    bootstrap_data: Path = Path("../shared/data/reviews.npz")
+    scheduler: bool = True  # run the nightly job on `nightly_cron`
+    nightly_cron: str = "0 3 * * *"
+    log_level: str = "INFO"
+    batcher: BatcherConfig = field(default_factory=BatcherConfig)
+    limits: LimitsConfig = field(default_factory=LimitsConfig)
+    auth: AuthConfig = field(default_factory=AuthConfig)
+    tls: TlsConfig = field(default_factory=TlsConfig)
+    jobs: Mapping[str, Any] = field(default_factory=dict)  # raw [jobs] section
+
+
+# environment variable → (section or "" for top level, key)
+ENV_KEYS: dict[str, tuple[str, str]] = {
+    "POSTCLF_HOME": ("", "home"),
+    "POSTCLF_HOST": ("", "host"),
+    "POSTCLF_GRPC_PORT": ("", "grpc_port"),
+    "POSTCLF_METRICS_PORT": ("", "metrics_port"),
+    "POSTCLF_WORKERS": ("", "workers"),
+    "POSTCLF_TORCH_THREADS": ("", "torch_threads"),
+    "POSTCLF_REUSE_PORT": ("", "reuse_port"),
+    "POSTCLF_PROCESSES": ("", "processes"),
+    "POSTCLF_GRACE_S": ("", "grace_s"),
+    "POSTCLF_MODEL_POLL_S": ("", "model_poll_s"),
+    "POSTCLF_BOOTSTRAP": ("", "bootstrap"),
+    "POSTCLF_BOOTSTRAP_DATA": ("", "bootstrap_data"),
+    "POSTCLF_SCHEDULER": ("", "scheduler"),
+    "POSTCLF_NIGHTLY_CRON": ("", "nightly_cron"),
+    "POSTCLF_LOG_LEVEL": ("", "log_level"),
+    "POSTCLF_MAX_BATCH": ("batcher", "max_batch"),
+    "POSTCLF_MAX_DELAY_MS": ("batcher", "max_delay_ms"),
+    "POSTCLF_MAX_POSTS_PER_CALL": ("limits", "max_posts_per_call"),
+    "POSTCLF_MAX_LABELS_PER_CALL": ("limits", "max_labels_per_call"),
+    "POSTCLF_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
+    "POSTCLF_CLASSIFY_TOKEN": ("auth", "classify_token"),
+    "POSTCLF_LABELS_TOKEN": ("auth", "labels_token"),
+    "POSTCLF_ADMIN_TOKEN": ("auth", "admin_token"),
+    "POSTCLF_TLS_CERT": ("tls", "cert_file"),
+    "POSTCLF_TLS_KEY": ("tls", "key_file"),
+    "POSTCLF_TLS_CLIENT_CA": ("tls", "client_ca_file"),
+}
+
+SECTIONS = {
+    "batcher": BatcherConfig,
+    "limits": LimitsConfig,
+    "auth": AuthConfig,
+    "tls": TlsConfig,
+}
+
+
+def _coerce(value: Any, annotation: str, name: str) -> Any:
+    """Turn a file or environment value into the field's type (annotations are strings)."""
+    if value is None or (isinstance(value, str) and value == "" and "None" in annotation):
+        return None
+    try:
+        if annotation.startswith("bool"):
+            if isinstance(value, str):
+                return value.strip().lower() in ("1", "true", "yes", "on")
+            return bool(value)
+        if annotation.startswith("int"):
+            return int(value)
+        if annotation.startswith("float"):
+            return float(value)
+        if annotation.startswith("Path"):
+            return Path(value)
+    except (TypeError, ValueError) as exc:
+        raise InvalidInputError(f"cannot parse {value!r} as {annotation}", name) from exc
+    return value
+
+
+def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(values) - set(fields)
+    if unknown:
+        raise InvalidInputError(f"unknown keys {sorted(unknown)}", where)
+    kwargs = {k: _coerce(v, str(fields[k].type), f"{where}.{k}") for k, v in values.items()}
+    return cls(**kwargs)
+
+
+def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
+    """Build the one `ServerConfig` of the process from `path` (TOML, optional) and `env`."""
+    raw: dict[str, Any] = {}
+    if path is not None:
+        raw = tomllib.loads(Path(path).read_text())
+    sections: dict[str, dict[str, Any]] = {s: dict(raw.pop(s, {})) for s in SECTIONS}
+    jobs = dict(raw.pop("jobs", {}))
+    for var, (section, key) in ENV_KEYS.items():
+        if var in env:
+            (sections[section] if section else raw)[key] = env[var]
+    top = _build(ServerConfig, raw, "config")
+    built = {name: _build(cls, sections[name], name) for name, cls in SECTIONS.items()}
+    return dataclasses.replace(top, jobs=jobs, **built)

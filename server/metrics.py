@@ -1,0 +1,105 @@
+"""Prometheus metrics (own registry per server) and the interceptor that counts every call."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any
+
+import grpc
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
+
+LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
+SIZE_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024, 4096, 16384)
+
+
+class Metrics:
+    def __init__(self) -> None:
+        r = self.registry = CollectorRegistry()
+        self.requests = Counter(
+            "postclf_requests",
+            "gRPC calls by method and status code",
+            ["method", "code"],
+            registry=r,
+        )
+        self.latency = Histogram(
+            "postclf_request_seconds",
+            "gRPC call latency",
+            ["method"],
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.batch_posts = Histogram(
+            "postclf_batch_posts", "posts per forward pass", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.batch_calls = Histogram(
+            "postclf_batch_calls", "calls merged per forward pass", buckets=SIZE_BUCKETS, registry=r
+        )
+        self.queue_delay = Histogram(
+            "postclf_queue_delay_seconds",
+            "time a call waited for its batch",
+            buckets=LATENCY_BUCKETS,
+            registry=r,
+        )
+        self.expired = Counter(
+            "postclf_expired_calls", "calls dropped because their deadline passed", registry=r
+        )
+        self.model = Info("postclf_model", "the model version being served", registry=r)
+        self.pool_size = Gauge("postclf_pool_posts", "posts in the unlabeled pool", registry=r)
+        self.pool_pending = Gauge(
+            "postclf_pool_pending_writes", "pool write batches not yet on disk", registry=r
+        )
+        self.pool_failures = Counter(
+            "postclf_pool_write_failures", "pool write batches that failed", registry=r
+        )
+        self.labels = Counter(
+            "postclf_labels", "labels received by outcome", ["outcome"], registry=r
+        )
+
+    def observe_batch(self, posts: int, calls: int) -> None:
+        self.batch_posts.observe(posts)
+        self.batch_calls.observe(calls)
+
+    def serve(self, host: str, port: int) -> tuple[Any, int]:
+        """Start the /metrics HTTP server; returns it and its bound port."""
+        httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return httpd, int(httpd.server_port)
+
+
+def _method_name(full: str) -> str:
+    return full.rsplit("/", 1)[-1] if full else "unknown"
+
+
+class MetricsInterceptor(grpc.ServerInterceptor):
+    """Counts unary calls by method and final status code and times them."""
+
+    def __init__(self, metrics: Metrics) -> None:
+        self.metrics = metrics
+
+    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = continuation(handler_call_details)
+        if handler is None or handler.unary_unary is None:
+            return handler
+        name = _method_name(handler_call_details.method)
+        inner = handler.unary_unary
+        metrics = self.metrics
+
+        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+            start = time.perf_counter()
+            code = grpc.StatusCode.UNKNOWN
+            try:
+                response = inner(request, context)
+                code = context.code() or grpc.StatusCode.OK
+                return response
+            except BaseException:
+                code = context.code() or grpc.StatusCode.UNKNOWN
+                raise
+            finally:
+                metrics.requests.labels(name, code.name).inc()
+                metrics.latency.labels(name).observe(time.perf_counter() - start)
+
+        return grpc.unary_unary_rpc_method_handler(
+            behavior,
+            request_deserializer=handler.request_deserializer,
+            response_serializer=handler.response_serializer,
+        )

@@ -1,0 +1,91 @@
+"""The domain calls behind each RPC, on numpy arrays and domain types (no protobuf, no grpc)."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+
+from batch_jobs.labels import LabelIn, SubmitResult
+from model.data import Views
+from model.registry import ModelRegistry, VersionInfo
+from server.batcher import Batcher, BatchResult
+from server.jobs import Jobs
+from server.metrics import Metrics
+from server.models import ModelHolder
+from server.poolwriter import PoolBatch, PoolWriter, write_batch
+from store.ledger import Ledger, QueryRecord
+from store.pool import Pool
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PostService:
+    holder: ModelHolder
+    registry: ModelRegistry
+    batcher: Batcher
+    writer: PoolWriter
+    ledger: Ledger
+    pool: Pool
+    metrics: Metrics
+    jobs: Jobs
+
+    def classify(
+        self, post_ids: np.ndarray, views: Views, deadline: float | None, skip_pool: bool
+    ) -> BatchResult:
+        """Predict `(n,)` posts with one model version; queue them for the pool unless skipped."""
+        result = self.batcher.predict(views, deadline)
+        if not skip_pool:
+            classes = result.model.classes
+            predicted = [classes[i] for i in result.probs.argmax(axis=1).tolist()]
+            self.writer.submit(
+                PoolBatch(post_ids, views, predicted, result.model.version, "classify")
+            )
+        return result
+
+    def ingest(self, post_ids: np.ndarray, views: Views) -> tuple[int, int]:
+        """Write posts to pool and ledger now; returns (new, already known)."""
+        _, new = write_batch(
+            self.pool, self.ledger, PoolBatch(post_ids, views, None, None, "ingest")
+        )
+        return new, len(post_ids) - new
+
+    def submit_labels(self, rows: list[LabelIn]) -> SubmitResult:
+        """Store labels durably (committed before return); bad items come back as rejections."""
+        classes = self.holder.require().classes
+        self.writer.sync()  # posts classified just before are known to the ledger
+        result = self.jobs.submit_labels(self.ledger, classes, rows)
+        self.metrics.labels.labels("accepted").inc(result.accepted)
+        self.metrics.labels.labels("duplicate").inc(result.duplicates)
+        self.metrics.labels.labels("rejected").inc(len(result.rejected))
+        return result
+
+    def model_info(self, version: str) -> tuple[VersionInfo, str]:
+        """Registry metadata of `version` (default: the served one) and the served version."""
+        served = self.holder.require().version
+        return self.registry.info(version or served), served
+
+    def _before_job(self) -> None:
+        self.writer.sync()
+        self.pool.flush()  # the job reads the pool from disk
+
+    def run_nightly(self, dry_run: bool, seed: int | None) -> tuple[Any, str | None]:
+        """Run the nightly job on everything pooled so far; serve what it promoted."""
+        self._before_job()
+        report = self.jobs.run_nightly(dry_run=dry_run, seed=seed)
+        return report, self._reload()
+
+    def retrain(self, force: bool) -> tuple[Any, str | None]:
+        self._before_job()
+        report = self.jobs.retrain(force)
+        return report, self._reload()
+
+    def list_queries(self, limit: int) -> list[QueryRecord]:
+        return self.ledger.list_queries(limit=limit)
+
+    def _reload(self) -> str | None:
+        model = self.holder.refresh()
+        return None if model is None else model.version

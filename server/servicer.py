@@ -1,0 +1,101 @@
+"""gRPC servicers, glue only: validate and convert the request, one domain call, the reply."""
+
+from __future__ import annotations
+
+import time
+
+import grpc
+
+from postclf.v1 import postclf_pb2 as pb
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from postclf_errors import InvalidInputError, TooLargeError
+from server import convert
+from server.config import LimitsConfig
+from server.errors import grpc_errors
+from server.service import PostService
+
+DEFAULT_QUERY_LIMIT = 50
+NO_DEADLINE_S = 1e8  # ~3 years
+
+
+def deadline_of(context: grpc.ServicerContext) -> float | None:
+    """The call's deadline as a `time.monotonic()` value (None when the client set none)."""
+    remaining = context.time_remaining()  # grpc reports "no deadline" as a huge number
+    if remaining is None or remaining > NO_DEADLINE_S:
+        return None
+    return time.monotonic() + remaining
+
+
+class PostClassifierServicer(pb_grpc.PostClassifierServicer):
+    def __init__(self, service: PostService, limits: LimitsConfig) -> None:
+        self.svc, self.limits = service, limits
+
+    @grpc_errors
+    def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyResponse:
+        dims = self.svc.holder.require().dims
+        ids, views = convert.posts_to_views(request.posts, dims, self.limits.max_posts_per_call)
+        result = self.svc.classify(ids, views, deadline_of(context), request.skip_pool)
+        top_k = request.top_k or self.limits.default_top_k
+        return convert.classify_response(
+            ids, result.probs, result.head, result.model.classes, result.model.version, top_k
+        )
+
+    @grpc_errors
+    def SubmitLabels(
+        self, request: pb.SubmitLabelsRequest, context: grpc.ServicerContext
+    ) -> pb.SubmitLabelsResponse:
+        rows = convert.labels_from_proto(request.labels, self.limits.max_labels_per_call)
+        result = self.svc.submit_labels(rows)
+        return convert.submit_result_to_proto(result)
+
+    @grpc_errors
+    def IngestPosts(
+        self, request: pb.IngestPostsRequest, context: grpc.ServicerContext
+    ) -> pb.IngestPostsResponse:
+        dims = self.svc.holder.require().dims
+        ids, views = convert.posts_to_views(request.posts, dims, self.limits.max_posts_per_call)
+        accepted, duplicates = self.svc.ingest(ids, views)
+        return pb.IngestPostsResponse(accepted=accepted, duplicates=duplicates)
+
+    @grpc_errors
+    def GetModelInfo(
+        self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
+    ) -> pb.ModelInfo:
+        info, serving = self.svc.model_info(request.version)
+        return convert.model_info_to_proto(info, serving)
+
+
+class AdminServicer(pb_grpc.AdminServicer):
+    def __init__(self, service: PostService) -> None:
+        self.svc = service
+
+    @grpc_errors
+    def RunNightly(
+        self, request: pb.RunNightlyRequest, context: grpc.ServicerContext
+    ) -> pb.RunNightlyResponse:
+        report, version = self.svc.run_nightly(request.dry_run, request.seed or None)
+        return pb.RunNightlyResponse(
+            report_json=convert.report_json(report), model_version=version or ""
+        )
+
+    @grpc_errors
+    def Retrain(
+        self, request: pb.RetrainRequest, context: grpc.ServicerContext
+    ) -> pb.RetrainResponse:
+        report, version = self.svc.retrain(request.force)
+        return pb.RetrainResponse(
+            report_json=convert.report_json(report), model_version=version or ""
+        )
+
+    @grpc_errors
+    def ListQueries(
+        self, request: pb.ListQueriesRequest, context: grpc.ServicerContext
+    ) -> pb.ListQueriesResponse:
+        if request.limit < 0:
+            raise InvalidInputError("must be ≥ 0", "limit")
+        if request.limit > 10_000:
+            raise TooLargeError("limit is at most 10000")
+        records = self.svc.list_queries(request.limit or DEFAULT_QUERY_LIMIT)
+        return pb.ListQueriesResponse(queries=[convert.query_to_proto(r) for r in records])

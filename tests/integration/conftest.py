@@ -1,0 +1,84 @@
+"""A real server on a loopback port (port 0), a real SQLite ledger, a tiny model trained once."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import grpc
+import numpy as np
+import pytest
+
+from model.classifier import Classifier
+from model.data import Views
+from model.registry import ModelRegistry
+from model.training import LabeledViews, TrainConfig, train_passive
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from server.app import build_server
+from tests.integration.support import DATA, Running, SmallData, install_model, server_config
+
+
+@pytest.fixture(scope="session")
+def data() -> SmallData:
+    d = np.load(DATA)
+    return SmallData(
+        d["post_id"].astype(str),
+        d["image"],
+        d["text"],
+        d["label"].astype(int),
+        [str(c) for c in d["class_names"]],
+    )
+
+
+@pytest.fixture(scope="session")
+def model_registry(tmp_path_factory: pytest.TempPathFactory, data: SmallData) -> Path:
+    """A registry with v0001 promoted: trident d=16, 3 epochs on the fixture's train split."""
+    split = np.load(DATA)["split"]
+
+    def labeled(name: str) -> LabeledViews:
+        rows = split == name
+        return LabeledViews(
+            Views.from_nan_rows(data.image[rows], data.text[rows]), data.label[rows]
+        )
+
+    clf = train_passive(
+        labeled("train"), labeled("val"), data.classes, TrainConfig(d=16, max_epochs=3)
+    )
+    root = tmp_path_factory.mktemp("registry")
+    registry = ModelRegistry(root)
+    registry.promote(registry.save(clf, {"val_accuracy": 0.5}))
+    return root
+
+
+@pytest.fixture(scope="session")
+def served_model(model_registry: Path) -> Classifier:
+    return ModelRegistry(model_registry).load()
+
+
+@pytest.fixture
+def start_server(tmp_path: Path) -> Iterator[Callable[..., Running]]:
+    """Factory: `start_server(home=None, **config overrides)`; every server is stopped after."""
+    started: list[Running] = []
+
+    def start(home: Path | None = None, **overrides: object) -> Running:
+        home = home or tmp_path / "home"
+        app = build_server(server_config(home, **overrides))
+        channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+        running = Running(
+            app, channel, pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
+        )
+        started.append(running)
+        return running
+
+    yield start
+    for running in started:
+        running.channel.close()
+        running.app.stop(grace=0)
+
+
+@pytest.fixture
+def server(tmp_path: Path, model_registry: Path, start_server: Callable[..., Running]) -> Running:
+    """A server whose registry already holds v0001 (health SERVING from the start)."""
+    home = tmp_path / "home"
+    install_model(model_registry, home)
+    return start_server(home)

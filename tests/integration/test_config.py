@@ -1,0 +1,28 @@
+"""The example config file loads, and environment variables override it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from batch_jobs.config import JobConfig
+from postclf_errors import InvalidInputError
+from server.config import load_config
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "server" / "postclf.example.toml"
+
+
+def test_example_file_and_env_precedence() -> None:
+    env = {"POSTCLF_GRPC_PORT": "7000", "POSTCLF_MAX_DELAY_MS": "0", "POSTCLF_METRICS_PORT": ""}
+    cfg = load_config(EXAMPLE, env)
+    assert cfg.grpc_port == 7000 and cfg.metrics_port is None
+    assert not cfg.batcher.enabled and cfg.batcher.max_batch == 256
+    assert JobConfig.from_dict(dict(cfg.jobs)).query.strategy == "margin"
+
+
+def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
+    bad = tmp_path / "bad.toml"
+    bad.write_text("[batcher]\nmax_bacth = 3\n")
+    with pytest.raises(InvalidInputError, match="max_bacth"):
+        load_config(bad, {})
