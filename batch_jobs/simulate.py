@@ -1,0 +1,391 @@
+"""Offline simulation: replay the active-learning loop on a labeled data set (true labels answer).
+
+Per seed: a random initial labeled set from the train split, passive training, then per step
+`propose_query` over the unlabeled train rows → reveal the true labels → `fold_in` (the active
+phase) → evaluate on the test split. The same two functions the nightly job uses (no second
+loop). Also trains the full-data reference (passive on every pool label) per seed.
+
+    python -m batch_jobs.simulate --dataset reviews --strategies random,margin,margin+kmeans \\
+        --initial 500 --query-size 20 --steps 25 --seeds 3 --out /tmp/sim
+    python -m batch_jobs.simulate --preset seed-mnist --out /tmp/sim-mnist
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+import zlib
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm import tqdm
+
+from acquisition.scores import STRATEGIES
+from batch_jobs.active_step import QueryConfig, fold_in, propose_query
+from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
+from batch_jobs.sim_report import summarise, write_outputs
+from model.classifier import Classifier
+from model.training import LabeledViews, TrainConfig, macro_f1
+from postclf_errors import InvalidInputError
+
+DIVERSITY = ("kmeans", "kcenter")
+STOP_ON = ("val", "test", "none")
+
+
+@dataclass(frozen=True)
+class StrategySpec:
+    """One curve: a score plus optional stages, written `margin+kmeans+balance`."""
+
+    label: str
+    strategy: str
+    diversity: str | None = None
+    balance: bool = False
+
+    @classmethod
+    def parse(cls, text: str, diversity: str | None = None, balance: bool = False) -> StrategySpec:
+        """`score[+kmeans|+kcenter][+balance]`; the global --diversity/--balance add stages."""
+        parts = [p.strip() for p in text.split("+") if p.strip()]
+        if not parts or parts[0] not in STRATEGIES:
+            raise InvalidInputError(f"unknown strategy in {text!r}; known {sorted(STRATEGIES)}")
+        div, bal = diversity, balance
+        for extra in parts[1:]:
+            if extra in DIVERSITY:
+                div = extra
+            elif extra == "balance":
+                bal = True
+            else:
+                raise InvalidInputError(f"unknown stage {extra!r} in {text!r}", "strategies")
+        label = "+".join([parts[0], *([div] if div else []), *(["balance"] if bal else [])])
+        return cls(label, parts[0], div, bal)
+
+
+@dataclass(frozen=True)
+class SimConfig:
+    """Everything one simulation run depends on (stored in results.json)."""
+
+    dataset: str
+    strategies: tuple[StrategySpec, ...]
+    initial: int = 2000
+    query_size: int = 20
+    steps: int = 200
+    seeds: int = 5
+    pool_limit: int = 100_000
+    eval_every: int = 1
+    stop_on: str = "val"  # early stopping on the val split, the test split (published), or none
+    candidate_factor: int = 10
+    mc_samples: int = 20
+    rare_fraction: float = 1 / 3  # rare classes: this fraction of classes with fewest train rows
+    self_label: float | None = None  # confidence threshold of a final self-labelling round
+    retrain: str = "finetune"  # after each query: "finetune" (active phase) or "scratch" (passive)
+    train: TrainConfig = field(default_factory=TrainConfig)
+    preset: str | None = None
+
+
+@dataclass
+class Curve:
+    """One seed × one strategy: metrics at each evaluated step and per-step seconds."""
+
+    labels: list[int] = field(default_factory=list)
+    accuracy: list[float] = field(default_factory=list)
+    macro_f1: list[float] = field(default_factory=list)
+    rare_f1: list[float] = field(default_factory=list)
+    seconds: dict[str, list[float]] = field(default_factory=dict)
+    self_labelled: dict[str, float] | None = None  # after the last step, see `self_label`
+
+    def add_time(self, part: str, secs: float) -> None:
+        self.seconds.setdefault(part, []).append(secs)
+
+
+@dataclass(frozen=True)
+class Split:
+    """The simulation's view of a data set: pool (unlabeled train rows), stopping set, test."""
+
+    pool: LabeledViews
+    stop: LabeledViews | None
+    test: LabeledViews
+    classes: list[str]
+    rare: np.ndarray  # (k,) class ids counted as rare
+
+
+def make_split(ds: Dataset, cfg: SimConfig, seed: int) -> Split:
+    """Pool = train rows (a seeded random subset past `pool_limit`); stopping set per `stop_on`."""
+    ds = ds.with_split(seed)
+    rng = np.random.default_rng([seed, 1])
+    train_rows = ds.rows("train")
+    if len(train_rows) > cfg.pool_limit:
+        train_rows = np.sort(rng.choice(train_rows, cfg.pool_limit, replace=False))
+    whole = LabeledViews(ds.views, ds.labels)
+    test = whole.take(ds.rows("test"))
+    val_rows = ds.rows("val")
+    stop = {"val": whole.take(val_rows) if len(val_rows) else None, "test": test, "none": None}
+    counts = np.bincount(ds.labels[train_rows], minlength=len(ds.class_names))
+    n_rare = max(1, int(np.ceil(len(counts) * cfg.rare_fraction)))
+    rare = np.argsort(counts, kind="stable")[:n_rare]
+    return Split(whole.take(train_rows), stop[cfg.stop_on], test, ds.class_names, rare)
+
+
+def evaluate(clf: Classifier, test: LabeledViews, rare: np.ndarray) -> tuple[float, float, float]:
+    """(accuracy, macro-F1, macro-F1 over the rare classes) on `test`."""
+    pred = clf.predict(test.views).probs.argmax(1)
+    f1 = macro_f1(pred, test.labels, len(clf.classes))
+    with np.errstate(all="ignore"):
+        return (
+            float((pred == test.labels).mean()),
+            float(np.nanmean(f1)),
+            float(np.nanmean(f1[rare])),
+        )
+
+
+def _record(curve: Curve, clf: Classifier, split: Split, labeled: int) -> None:
+    t0 = time.perf_counter()
+    acc, f1, rare = evaluate(clf, split.test, split.rare)
+    curve.labels.append(labeled)
+    curve.accuracy.append(acc)
+    curve.macro_f1.append(f1)
+    curve.rare_f1.append(rare)
+    curve.add_time("evaluation", time.perf_counter() - t0)
+
+
+def run_strategy(
+    spec: StrategySpec,
+    split: Split,
+    start: tuple[np.ndarray, Classifier],
+    cfg: SimConfig,
+    seed: int,
+    progress: tqdm | None = None,
+) -> Curve:
+    """Replay `cfg.steps` queries from the initial labeled rows and passive model `start`."""
+    rng = np.random.default_rng([seed, zlib.crc32(spec.label.encode())])
+    train_cfg = replace(cfg.train, seed=seed)
+    query = QueryConfig(
+        spec.strategy,
+        cfg.query_size,
+        cfg.candidate_factor,
+        spec.diversity,
+        spec.balance,
+        cfg.mc_samples,
+    )
+    labeled = np.zeros(len(split.pool), bool)
+    labeled[start[0]] = True
+    clf, curve = start[1], Curve()
+    _record(curve, clf, split, int(labeled.sum()))
+    for step in range(1, cfg.steps + 1):
+        if (~labeled).sum() < cfg.query_size:
+            break
+        proposed = propose_query(clf, split.pool.views, ~labeled, query, rng)
+        labeled[proposed.indices] = True  # the assessor answers with the true labels
+        t0 = time.perf_counter()
+        parent = clf if cfg.retrain == "finetune" else None  # None: fold_in trains from scratch
+        grown = split.pool.take(np.flatnonzero(labeled))
+        clf = fold_in(parent, grown, split.stop, split.classes, train_cfg)
+        curve.add_time("training", time.perf_counter() - t0)
+        curve.add_time("scoring", proposed.timings["scoring"])
+        curve.add_time("selection", proposed.timings["selection"])
+        if step % cfg.eval_every == 0:
+            _record(curve, clf, split, int(labeled.sum()))
+        if progress is not None:
+            progress.update(1)
+    if curve.labels[-1] != labeled.sum():
+        _record(curve, clf, split, int(labeled.sum()))
+    if cfg.self_label is not None:
+        curve.self_labelled = self_label(clf, split, labeled, cfg.self_label, train_cfg)
+    return curve
+
+
+def self_label(
+    clf: Classifier, split: Split, labeled: np.ndarray, threshold: float, train_cfg: TrainConfig
+) -> dict[str, float]:
+    """Confident self-labelling: the unlabeled pool rows predicted with probability ≥ `threshold`
+    join the true labels with their predicted class; one more `fold_in`, then evaluate."""
+    rest = np.flatnonzero(~labeled)
+    probs = clf.predict(split.pool.views.take(rest)).probs  # (r, C)
+    sure = probs.max(1) >= threshold
+    pseudo_rows, pseudo = rest[sure], probs[sure].argmax(1)
+    true_rows = np.flatnonzero(labeled)
+    grown = LabeledViews(
+        split.pool.views.take(np.concatenate([true_rows, pseudo_rows])),
+        np.concatenate([split.pool.labels[true_rows], pseudo]),
+    )
+    clf = fold_in(clf, grown, split.stop, split.classes, train_cfg)
+    acc, f1, rare = evaluate(clf, split.test, split.rare)
+    return {
+        "threshold": threshold,
+        "pseudo_labels": int(sure.sum()),
+        "pseudo_correct": float((pseudo == split.pool.labels[pseudo_rows]).mean())
+        if sure.any()
+        else 0.0,
+        "accuracy": acc,
+        "macro_f1": f1,
+        "rare_f1": rare,
+    }
+
+
+def initial_model(split: Split, cfg: SimConfig, seed: int) -> tuple[np.ndarray, Classifier]:
+    """The seed's random initial labeled rows `(initial,)` and the passive model trained on them."""
+    rng = np.random.default_rng([seed, 2])
+    if cfg.initial > len(split.pool):
+        raise InvalidInputError(f"initial {cfg.initial} > pool {len(split.pool)}", "initial")
+    rows = np.sort(rng.choice(len(split.pool), cfg.initial, replace=False))
+    train_cfg = replace(cfg.train, seed=seed)
+    return rows, fold_in(None, split.pool.take(rows), split.stop, split.classes, train_cfg)
+
+
+def full_reference(split: Split, cfg: SimConfig, seed: int) -> dict[str, float]:
+    """Passive training on every pool label: the curve's ceiling (dashed line)."""
+    t0 = time.perf_counter()
+    clf = fold_in(None, split.pool, split.stop, split.classes, replace(cfg.train, seed=seed))
+    acc, f1, rare = evaluate(clf, split.test, split.rare)
+    secs = time.perf_counter() - t0
+    return {
+        "labels": len(split.pool),
+        "accuracy": acc,
+        "macro_f1": f1,
+        "rare_f1": rare,
+        "seconds": secs,
+    }
+
+
+def simulate(
+    ds: Dataset, cfg: SimConfig, checkpoint: Path | None = None, show_progress=True
+) -> dict:
+    """Run every seed × strategy; returns the raw per-seed curves and the full references.
+
+    With `checkpoint`, the raw results so far are rewritten there after every strategy run
+    (`python -m batch_jobs.sim_report DIR` rebuilds the report from them).
+    """
+    raw: dict = {"config": asdict(cfg), "full": [], "curves": {s.label: [] for s in cfg.strategies}}
+    total = cfg.seeds * len(cfg.strategies) * cfg.steps
+    with tqdm(total=total, desc="simulate", disable=not show_progress) as bar:
+        for seed in range(cfg.seeds):
+            split = make_split(ds, cfg, seed)
+            raw["full"].append(full_reference(split, cfg, seed))
+            start = initial_model(split, cfg, seed)
+            for spec in cfg.strategies:
+                bar.set_postfix(seed=seed, strategy=spec.label)
+                curve = run_strategy(spec, split, start, cfg, seed, bar)
+                raw["curves"][spec.label].append(asdict(curve))
+                if checkpoint is not None:
+                    checkpoint.write_text(json.dumps(raw))
+    return raw
+
+
+# -- command line -------------------------------------------------------------------------
+PRESETS: dict[str, dict] = {
+    "seed-mnist": {
+        # The published MNIST run: softmax regression, Adam lr 0.1, full batch, stopped at the
+        # best TEST accuracy after 10 non-improving steps; 10 random, then 39 queries of 10.
+        "dataset": "mnist_seed",
+        "strategies": "least_confidence,random,margin,entropy,bald",
+        "initial": 10,
+        "query_size": 10,
+        "steps": 39,
+        "seeds": 5,
+        "stop_on": "test",
+        "train": {
+            "family": "linear",
+            "lr": 0.1,
+            "finetune_lr": 0.1,
+            "base_batch": 1_000_000_000,  # ≥ n: one full batch per epoch, an epoch is one step
+            "weight_decay": 0.0,
+            "max_epochs": 2000,
+            "finetune_max_epochs": 2000,
+            "patience": 10,
+            "monitor": "accuracy",
+            "calibrate": False,
+            "standardize": False,  # the published inputs are pixels / 255 as they are
+        },
+    },
+}
+TRAIN_FLAGS = {  # CLI flag → TrainConfig field
+    "model": "family",
+    "d": "d",
+    "dropout": "dropout",
+    "base_batch": "base_batch",
+    "lr": "lr",
+    "weight_decay": "weight_decay",
+    "epochs": "max_epochs",
+    "patience": "patience",
+    "finetune_lr": "finetune_lr",
+    "finetune_epochs": "finetune_max_epochs",
+    "monitor": "monitor",
+}
+SIM_FLAGS = ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "stop_on")
+SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain")
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m batch_jobs.simulate", description=__doc__.split("\n")[0]
+    )
+    p.add_argument("--preset", choices=sorted(PRESETS))
+    p.add_argument("--dataset", help="name in --data-dir (reviews, mnist_seed) or a path")
+    p.add_argument("--data-dir", type=Path, default=DEFAULT_DATA_DIR)
+    p.add_argument("--strategies", help="comma list, stages with +: random,margin,margin+kmeans")
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--diversity", choices=["none", *DIVERSITY], default="none")
+    p.add_argument("--balance", action="store_true")
+    p.add_argument("--stop-on", choices=STOP_ON)
+    p.add_argument("--no-calibrate", action="store_true")
+    for name in ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "d"):
+        p.add_argument("--" + name.replace("_", "-"), type=int)
+    for name in ("candidate_factor", "mc_samples", "base_batch", "epochs", "patience"):
+        p.add_argument("--" + name.replace("_", "-"), type=int)
+    p.add_argument("--finetune-epochs", type=int)
+    for name in ("dropout", "lr", "weight_decay", "finetune_lr"):
+        p.add_argument("--" + name.replace("_", "-"), type=float)
+    p.add_argument("--model", choices=["trident", "linear"])
+    p.add_argument(
+        "--self-label",
+        type=float,
+        help="after the last step, add unlabeled rows "
+        "predicted with at least this confidence as pseudo-labels and retrain once",
+    )
+    p.add_argument("--monitor", choices=["loss", "accuracy"])
+    p.add_argument("--retrain", choices=["finetune", "scratch"], help="default finetune")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy box)")
+    return p.parse_args(argv)
+
+
+def build_config(args: argparse.Namespace) -> SimConfig:
+    """Preset values first, then every flag given on the command line."""
+    preset = dict(PRESETS[args.preset]) if args.preset else {}
+    train = dict(preset.pop("train", {}))
+    for flag, fld in TRAIN_FLAGS.items():
+        if getattr(args, flag) is not None:
+            train[fld] = getattr(args, flag)
+    if args.no_calibrate:
+        train["calibrate"] = False
+    sim = {k: v for k, v in preset.items() if k != "strategies"}
+    sim |= {k: getattr(args, k) for k in SIM_FLAGS if getattr(args, k) is not None}
+    sim["dataset"] = args.dataset or preset.get("dataset")
+    names = args.strategies or preset.get("strategies")
+    if not sim["dataset"] or not names:
+        raise SystemExit("--dataset and --strategies are required without a --preset")
+    div = None if args.diversity == "none" else args.diversity
+    specs = tuple(StrategySpec.parse(s, div, args.balance) for s in names.split(","))
+    if len({s.label for s in specs}) != len(specs):
+        raise SystemExit(f"duplicate strategies in {names!r}")
+    if sim.get("eval_every", 1) < 1:
+        raise SystemExit("--eval-every must be ≥ 1")
+    return SimConfig(strategies=specs, train=TrainConfig(**train), preset=args.preset, **sim)
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    cfg = build_config(args)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    ds = load_dataset(cfg.dataset, args.data_dir)
+    args.out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    raw = simulate(ds, cfg, args.out / "raw.json", show_progress=not args.quiet)
+    results = summarise(raw, time.perf_counter() - t0)
+    print(write_outputs(results, args.out))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,123 @@
+"""The simulation replays the loop end to end: results.json, curves.png, the printed tables."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from batch_jobs import simulate
+from batch_jobs.datasets import load_dataset
+from batch_jobs.sim_report import auc, labels_to_reach
+from model.training import TrainConfig
+from postclf_errors import InvalidInputError
+
+TINY = [
+    "--d",
+    "16",
+    "--epochs",
+    "2",
+    "--finetune-epochs",
+    "2",
+    "--mc-samples",
+    "3",
+    "--no-calibrate",
+]
+
+
+def _run(data_dir: Path, out: Path, *extra: str) -> None:
+    simulate.main(
+        [
+            "--dataset", "reviews_small", "--data-dir", str(data_dir), "--out", str(out),
+            "--strategies", "random,margin+kmeans+balance", "--initial", "60",
+            "--query-size", "10", "--steps", "2", "--seeds", "1", "--quiet", *TINY, *extra,
+        ]
+    )  # fmt: skip
+
+
+def test_two_steps_on_the_fixture_write_results_plot_and_table(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(data_dir, tmp_path / "a")
+    printed = capsys.readouterr().out
+    assert "random" in printed and "margin+kmeans+balance" in printed and "full data" in printed
+    results = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert (tmp_path / "a" / "curves.png").stat().st_size > 1000
+    assert set(results) >= {"config", "full", "strategies"}
+    s = results["strategies"]["margin+kmeans+balance"]
+    assert s["labels"] == [60, 70, 80]
+    for key in ("accuracy", "macro_f1", "rare_f1"):
+        assert len(s[key]["mean"]) == len(s[key]["std"]) == 3
+    assert set(s["seconds_per_step"]) >= {"training", "scoring", "selection"}
+    assert set(s["labels_to"]) == {"0.95", "0.98"} and 0.0 <= s["auc"] <= 1.0
+    assert results["full"]["labels"] == int(
+        np.sum(np.load(data_dir / "reviews_small.npz")["split"] == "train")
+    )
+
+
+def test_same_seed_same_curves(data_dir: Path) -> None:
+    ds = load_dataset("reviews_small", data_dir=data_dir)
+    cfg = simulate.SimConfig(
+        dataset="reviews_small",
+        strategies=(simulate.StrategySpec.parse("margin+kcenter"),),
+        initial=60,
+        query_size=10,
+        steps=1,
+        seeds=1,
+        train=TrainConfig(d=16, max_epochs=2, finetune_max_epochs=2, calibrate=False),
+    )
+    first = simulate.simulate(ds, cfg, show_progress=False)
+    second = simulate.simulate(ds, cfg, show_progress=False)
+    assert (
+        first["curves"]["margin+kcenter"][0]["accuracy"]
+        == second["curves"]["margin+kcenter"][0]["accuracy"]
+    )
+    assert first["full"][0]["accuracy"] == second["full"][0]["accuracy"]
+
+
+def test_seed_mnist_preset_on_a_small_slice(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    if not (data_dir / "mnist_seed.npz").exists():
+        pytest.skip("mnist_seed.npz not available")
+    with np.load(data_dir / "mnist_seed.npz") as d:  # 300 train / 100 test
+        np.savez(
+            tmp_path / "mnist_seed.npz",
+            x_train=d["x_train"][:300], y_train=d["y_train"][:300],
+            x_test=d["x_test"][:100], y_test=d["y_test"][:100],
+        )  # fmt: skip
+    simulate.main(
+        ["--preset", "seed-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
+         "--steps", "3", "--seeds", "1", "--epochs", "30", "--finetune-epochs", "30",
+         "--strategies", "least_confidence,random", "--self-label", "0.9", "--quiet"]
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "published" in printed and "92.25" in printed and "pseudo" in printed
+    results = json.loads((tmp_path / "o" / "results.json").read_text())
+    cfg = results["config"]
+    assert cfg["stop_on"] == "test" and cfg["train"]["family"] == "linear"
+    assert cfg["train"]["lr"] == cfg["train"]["finetune_lr"] == 0.1
+    assert not cfg["train"]["standardize"]
+    assert results["strategies"]["least_confidence"]["labels"] == [10, 20, 30, 40]
+    assert results["full"]["labels"] == 300
+    selfl = results["strategies"]["least_confidence"]["self_labelled"]
+    assert selfl["threshold"] == 0.9 and 0 <= selfl["pseudo_labels_mean"] <= 260
+
+
+def test_strategy_specs_compose_stages() -> None:
+    spec = simulate.StrategySpec.parse("margin+kmeans+balance")
+    assert (spec.strategy, spec.diversity, spec.balance) == ("margin", "kmeans", True)
+    assert simulate.StrategySpec.parse("bald", diversity="kcenter").label == "bald+kcenter"
+    with pytest.raises(InvalidInputError):
+        simulate.StrategySpec.parse("nope")
+    with pytest.raises(InvalidInputError):
+        simulate.StrategySpec.parse("margin+sideways")
+
+
+def test_curve_summaries() -> None:
+    labels, curve = np.array([10, 20, 30]), np.array([0.5, 0.7, 0.9])
+    assert labels_to_reach(labels, curve, 0.7) == 20
+    assert labels_to_reach(labels, curve, 0.95) is None
+    assert auc(labels, curve) == pytest.approx(0.7)
