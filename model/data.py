@@ -116,7 +116,7 @@ class Standardizer:
     """Per-modality feature mean/std fitted on present training rows (StandardScaler's role)."""
 
     mean: dict[str, np.ndarray]  # modality -> (dim,)
-    std: dict[str, np.ndarray]  # modality -> (dim,), floored so constant features stay finite
+    std: dict[str, np.ndarray]  # modality -> (dim,); 1 for constant features
 
     @classmethod
     def fit(cls, views: Views) -> Standardizer:
@@ -127,7 +127,10 @@ class Standardizer:
                 continue
             rows = x[m] if m.any() else np.zeros((1, x.shape[1]), np.float32)
             mean[name] = rows.mean(axis=0).astype(np.float32)
-            std[name] = np.maximum(rows.std(axis=0), 1e-6).astype(np.float32)
+            sd = rows.std(axis=0)
+            # A (near-)constant feature is left unscaled: dividing by a tiny std would turn any
+            # later deviation (a pixel never lit in a small labeled set) into a huge input.
+            std[name] = np.where(sd < 1e-3, 1.0, sd).astype(np.float32)
         return cls(mean, std)
 
     def transform(self, views: Views) -> Views:

@@ -73,3 +73,13 @@ def test_standardizer_ignores_missing_rows() -> None:
     present = z.image[v.image_mask]
     assert np.allclose(present.mean(0), 0, atol=1e-5)
     assert np.all(z.image[~v.image_mask] == 0)
+
+
+def test_standardizer_leaves_constant_features_unscaled() -> None:
+    """A feature constant in training (e.g. an unlit pixel) must not explode at prediction."""
+    x = np.zeros((10, 3), np.float32)
+    x[:, 0] = np.arange(10)
+    scaler = Standardizer.fit(Views.from_nan_rows(x, None))
+    later = np.ones((1, 3), np.float32)
+    z = scaler.transform(Views.from_nan_rows(later, None))
+    assert np.abs(z.image[0, 1:]).max() <= 1.0
