@@ -27,15 +27,17 @@ class TrainConfig:
 
     family: str = "trident"  # "trident" | "linear" (softmax regression)
     d: int = 128  # trident width unit: branches are 4d/2d wide, the fused trunk d
-    dropout: float = 0.25
+    # 0.5, not the original work's 0.25: on the reviews validation split 0.5 with accuracy-based
+    # early stopping gave 68.3% vs 66.7% (test 68.6% vs 67.3%, macro-F1 51 vs 46).
+    dropout: float = 0.5
     base_batch: int = 512  # b of the adaptive batch size
     lr: float = 1e-3  # passive phase (Adam)
     weight_decay: float = 1e-5
     max_epochs: int = 60
-    patience: int = 6  # epochs without validation improvement before stopping
+    patience: int = 8  # epochs without validation improvement before stopping
     finetune_lr: float = 3e-4  # active phase
     finetune_max_epochs: int = 20
-    monitor: str = "loss"  # early stopping on validation "loss" or "accuracy"
+    monitor: str = "accuracy"  # early stopping on validation "accuracy" or "loss"
     calibrate: bool = True  # fit one softmax temperature per head on the validation set
     standardize: bool = True  # False: feed inputs as they are (e.g. pixels / 255, published runs)
     seed: int = 0
