@@ -1,5 +1,7 @@
 """Deterministic prediction, MC-Dropout, checkpoints and the registry."""
 
+import copy
+import dataclasses
 import threading
 
 import numpy as np
@@ -51,13 +53,25 @@ def test_mc_samples_differ_and_bn_stays_in_eval(tiny_model, small_splits) -> Non
 
 def test_mc_is_reproducible_and_centred_on_deterministic(tiny_model, small_splits) -> None:
     v = small_splits["test"].views.take(np.arange(40))
-    a = tiny_model.predict_mc(v, 16, np.random.default_rng(1))
-    b = tiny_model.predict_mc(v, 16, np.random.default_rng(1))
+    a = tiny_model.predict_mc(v, 64, np.random.default_rng(1))
+    b = tiny_model.predict_mc(v, 64, np.random.default_rng(1))
     assert np.array_equal(a, b)
     det = tiny_model.predict(v).probs
-    # Inverted dropout keeps activations unbiased: the MC mean stays near the deterministic output.
+    # Inverted dropout keeps activations unbiased: the MC mean mostly agrees with the
+    # deterministic class (not always: softmax of an average is not an average of softmaxes).
     agree = (a.mean(1).argmax(1) == det.argmax(1)).mean()
-    assert agree > 0.7
+    assert agree > 0.6
+
+
+def test_mc_without_dropout_equals_deterministic_prediction(tiny_model, small_splits) -> None:
+    """The cached prefix + T-fold batch path computes exactly the deterministic network."""
+    clf = copy.deepcopy(tiny_model)
+    clf.net.cfg = dataclasses.replace(clf.net.cfg, dropout=0.0)
+    v = small_splits["test"].views
+    mc = clf.predict_mc(v, 3, np.random.default_rng(0))
+    det = clf.predict(v).probs
+    for t in range(3):
+        assert np.allclose(mc[:, t], det, atol=1e-5)
 
 
 def test_checkpoint_round_trip_predicts_identically(tiny_model, small_splits, tmp_path) -> None:
