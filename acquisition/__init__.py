@@ -1,1 +1,1 @@
-"""Acquisition: uncertainty scores from prediction arrays and batch selection; numpy in, indices out."""
+"""Acquisition: uncertainty scores from prediction arrays and batch selection (numpy only)."""
