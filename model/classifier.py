@@ -36,22 +36,52 @@ class Predictions:
 
 
 class MaskBankDropout:
-    """MC-Dropout masks from numpy random bytes: far cheaper than torch's `bernoulli_` on CPU.
+    """MC-Dropout masks cut at random offsets from one pre-drawn bank of scaled keep-masks.
 
-    The drop probability is rounded to a multiple of 1/256 (0.25 is exact).
+    Drawing fresh randomness per element dominates MC-Dropout on CPU (torch's `bernoulli_`
+    ~0.1 G elements/s); here each call costs one random integer and one in-place multiply.
+    The bank (values 0 or 1/(1-p), drawn once from `rng`'s bytes, lazily sized to twice the
+    largest input seen) holds independent draws, so within one call every element gets its
+    own mask entry: the T samples of a post always differ. Across calls masks are shifted
+    re-uses of the same bank. Same `rng` state, same masks.
+
+    Multiplies its input **in place** (callers pass fresh activations). The drop probability
+    is rounded to a multiple of 1/256 (0.25 is exact).
     """
 
-    def __init__(self, p: float, rng: np.random.Generator) -> None:
+    def __init__(self, p: float, rng: np.random.Generator, min_bank: int = 1 << 16) -> None:
         self.threshold = round(p * 256)
         self.scale = 256.0 / (256 - self.threshold) if self.threshold < 256 else 0.0
         self.rng = rng
+        self.min_bank = min_bank
+        self.bank = torch.empty(0)
+
+    def _draw(self, size: int) -> None:
+        raw = np.frombuffer(self.rng.bytes(size), dtype=np.uint8)  # (size,)
+        keep = raw >= self.threshold  # P(keep) = 1 - p
+        self.bank = torch.from_numpy(np.where(keep, np.float32(self.scale), np.float32(0.0)))
+
+    def _masks(self, k: int) -> torch.Tensor:
+        """`k` consecutive bank entries from a random offset. → `(k,)`."""
+        if 2 * k > self.bank.numel():
+            self._draw(max(2 * k, self.min_bank))
+        off = int(self.rng.integers(0, self.bank.numel() - k + 1))
+        return self.bank[off : off + k]
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         if self.threshold == 0:
             return x
-        raw = np.frombuffer(bytearray(self.rng.bytes(x.numel())), dtype=np.uint8).reshape(x.shape)
-        keep = torch.from_numpy(raw) >= self.threshold  # same shape as x, P(keep) = 1 - p
-        return torch.where(keep, x * self.scale, x.new_zeros(()))
+        return x.mul_(self._masks(x.numel()).view(x.shape))
+
+    def repeated(self, x: torch.Tensor, samples: int) -> torch.Tensor:
+        """`self(x.repeat(samples, 1))` in one pass (same masks, no repeated copy).
+
+        `x (B, F)` → `(T·B, F)`, block t = sample t.
+        """
+        if self.threshold == 0:
+            return x.repeat(samples, 1)
+        masks = self._masks(samples * x.numel()).view(samples, *x.shape)  # (T, B, F)
+        return (x.unsqueeze(0) * masks).view(samples * x.shape[0], x.shape[1])
 
 
 def head_per_row(views: Views, net_cfg: NetConfig) -> np.ndarray:
@@ -139,28 +169,52 @@ class Classifier:
         """MC-Dropout: `(n, T, C)` probabilities, dropout on, batch norm in eval.
 
         The prefix up to the first dropout is computed once per post and reused by all T
-        samples; the T samples run as one `(T·B)` batch.
+        samples; the T samples of a chunk of B posts run as one `(T·B)` batch. Rows the fused
+        head serves are chunked together and take a path with no per-modality scatter/gather
+        (`_mc_fused`); the rest go through the network's generic `from_prefix`. Both draw the
+        masks in the same order. Same `rng` state, same output.
         """
         self.net.eval()
         head = head_per_row(views, self.net_config)
-        drop: Dropout = MaskBankDropout(self.net_config.dropout, rng)
-        if self.net_config.family == "linear":
-            drop = no_dropout
+        fast = self.net_config.family == "trident"  # the linear family has no dropout
+        bank = MaskBankDropout(self.net_config.dropout, rng)
+        drop: Dropout = bank if fast else no_dropout
+        order = np.argsort(head != "fused", kind="stable") if fast else np.arange(len(views))
         out = np.empty((len(views), samples, len(self.classes)), np.float32)
         for start in range(0, len(views), batch_size):
-            part = views.take(slice(start, start + batch_size))
-            img, txt, im, tm = self.tensors(part)
-            hi, ht = self.net.prefix(  # type: ignore[operator]
-                img[im] if img is not None else None, txt[tm] if txt is not None else None
-            )  # (n_img, 4d), (n_txt, 2d): computed once for all T samples
-            rep = HeadRepeat(samples)
-            logits = self.net.from_prefix(  # type: ignore[operator]
-                rep(hi), rep(ht), im.repeat(samples), tm.repeat(samples), drop
-            ).logits
-            b = im.shape[0]
-            probs = self._probs(logits, np.tile(head[start : start + b], samples))  # (T·B, C)
-            out[start : start + b] = probs.reshape(samples, b, -1).transpose(1, 0, 2)
+            rows = order[start : start + batch_size]  # (B,) fused rows first
+            part = views.take(rows)
+            if fast and (head[rows] == "fused").all():
+                probs = self._mc_fused(part, samples, bank)  # (T·B, C)
+            else:
+                probs = self._mc_generic(part, np.tile(head[rows], samples), samples, drop)
+            out[rows] = probs.reshape(samples, rows.shape[0], -1).transpose(1, 0, 2)
         return out
+
+    def _mc_generic(self, part: Views, head: np.ndarray, samples: int, drop: Dropout) -> np.ndarray:
+        """T samples of any mix of rows via `net.from_prefix`. `head (T·B,)` → `(T·B, C)`."""
+        img, txt, im, tm = self.tensors(part)
+        hi, ht = self.net.prefix(  # type: ignore[operator]
+            img[im] if img is not None else None, txt[tm] if txt is not None else None
+        )  # (n_img, 4d), (n_txt, 2d): computed once for all T samples
+        rep = HeadRepeat(samples)
+        logits = self.net.from_prefix(  # type: ignore[operator]
+            rep(hi), rep(ht), im.repeat(samples), tm.repeat(samples), drop
+        ).logits
+        return self._probs(logits, head)
+
+    def _mc_fused(self, part: Views, samples: int, drop: MaskBankDropout) -> np.ndarray:
+        """T samples of rows that all have both views: the trident's fused path of
+        `from_prefix` without masks (same layers, same dropout order). → `(T·B, C)`."""
+        net = self.net
+        img, txt, _, _ = self.tensors(part)
+        hi, ht = net.prefix(img, txt)  # type: ignore[operator]  # (B, 4d), (B, 2d)
+        zi = drop(net.image_mid(drop.repeated(hi, samples)))  # type: ignore[operator]  # (T·B, 2d)
+        zt = drop(net.text_mid(drop.repeated(ht, samples)))  # type: ignore[operator]  # (T·B, 2d)
+        fused = torch.cat([zi, zt], dim=1)  # (T·B, 4d)
+        h = net.fused_mid(drop(net.fused_in(fused)))  # type: ignore[operator]  # (T·B, d)
+        logits = net.fused_head(h) / self.temperature.get("fused", 1.0)  # type: ignore[operator]
+        return torch.softmax(logits, dim=1).numpy()  # (T·B, C)
 
     # -- checkpoints -----------------------------------------------------------------------
     def save(self, path: Path, extra_meta: dict[str, Any] | None = None) -> None:
