@@ -224,7 +224,7 @@ class Classifier:
             "net_config": self.net_config.to_dict(),
             "state_dict": self.net.state_dict(),
             "standardizer": self.standardizer.to_state(),
-            "classes": list(self.classes),
+            "classes": [str(c) for c in self.classes],  # numpy str would break weights_only load
             "temperature": dict(self.temperature),
             "meta": {**self.meta, **(extra_meta or {})},
         }

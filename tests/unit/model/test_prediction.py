@@ -109,3 +109,11 @@ def test_concurrent_saves_get_distinct_versions(tiny_model, tmp_path) -> None:
     for t in threads:
         t.join()
     assert len(set(names)) == 4
+
+
+def test_checkpoint_with_numpy_class_names_loads(tiny_model, tmp_path) -> None:
+    """Class names straight from an .npz are numpy strings; the checkpoint must still load."""
+    clf = copy.deepcopy(tiny_model)
+    clf.classes = list(np.array(clf.classes))
+    clf.save(tmp_path / "m.pt")
+    assert Classifier.load(tmp_path / "m.pt").classes == tiny_model.classes
