@@ -38,7 +38,7 @@ def _entropy(p: np.ndarray) -> np.ndarray:
 def random_score(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     """Uniform random scores `(n,)` (the passive baseline); the values only depend on `rng`."""
     p = _check(probs, 2, "probs")
-    return rng.random(p.shape[0])
+    return np.asarray(rng.random(p.shape[0]), dtype=np.float64)
 
 
 def least_confidence(probs: np.ndarray, rng: np.random.Generator) -> np.ndarray:

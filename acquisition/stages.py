@@ -53,7 +53,7 @@ def top_candidates(scores: np.ndarray, m: int, rng: np.random.Generator) -> np.n
     O(n) partition plus a sort of `m` rows, so a 10M pool costs no full sort. `(n,)` → `(m,)`.
     """
     n = scores.shape[0]
-    key = rng.random(n)  # (n,) random tie-break, drawn for every row so rng use is fixed
+    key = np.asarray(rng.random(n))  # (n,) tie-break; drawn for every row: fixed rng use
     if m < n:
         thr = np.partition(scores, n - m)[n - m]  # m-th largest score
         above = np.flatnonzero(scores > thr)

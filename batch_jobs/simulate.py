@@ -312,7 +312,15 @@ TRAIN_FLAGS = {  # CLI flag → TrainConfig field
     "finetune_epochs": "finetune_max_epochs",
     "monitor": "monitor",
 }
-SIM_FLAGS = ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "stop_on")
+SIM_FLAGS: tuple[str, ...] = (
+    "initial",
+    "query_size",
+    "steps",
+    "seeds",
+    "pool_limit",
+    "eval_every",
+    "stop_on",
+)
 SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain")
 
 
