@@ -20,15 +20,13 @@ from batch_jobs.bootstrap import ensure_model
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import read_export
 from model.training import TrainConfig
+from postclf.v1 import postclf_pb2 as pb
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from server.app import build_server
+from server.convert import arrays_to_posts
 from store.ledger import Ledger
+from tests.integration.support import server_config
 
-pb = pytest.importorskip("postclf.v1.postclf_pb2", reason="gRPC stubs missing: run `make stubs`")
-pb_grpc = pytest.importorskip("postclf.v1.postclf_pb2_grpc")
-from server.app import build_server  # noqa: E402  (needs the stubs)
-from server.config import ServerConfig  # noqa: E402
-from server.convert import arrays_to_posts  # noqa: E402
-
-DATA = Path(__file__).resolve().parents[3] / "shared" / "data" / "reviews_small.npz"
 CFG = JobConfig(
     query=QueryConfig(query_size=20),
     train=TrainConfig(d=16, max_epochs=8, finetune_max_epochs=3, base_batch=64, lr=3e-3),
@@ -37,23 +35,10 @@ CFG = JobConfig(
 
 
 @pytest.fixture
-def running(tmp_path):
-    if not DATA.exists():
-        pytest.skip(f"{DATA} not found")
+def running(tmp_path, data_dir: Path):
     home = tmp_path / "home"
-    assert ensure_model(Paths(home), CFG, DATA) == "v0001"
-    cfg = ServerConfig(
-        home=home,
-        host="127.0.0.1",
-        grpc_port=0,
-        metrics_port=None,
-        workers=16,
-        grace_s=1.0,
-        model_poll_s=0.1,
-        bootstrap=False,
-        scheduler=False,
-    )
-    app = build_server(cfg, job_cfg=CFG)
+    assert ensure_model(Paths(home), CFG, data_dir / "reviews_small.npz") == "v0001"
+    app = build_server(server_config(home, workers=16, grace_s=1.0), job_cfg=CFG)
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:
         yield app, pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
@@ -73,9 +58,9 @@ def wait_for_model(stub, timeout: float = 30.0) -> str:
             time.sleep(0.1)
 
 
-def test_loop_through_grpc(running):
+def test_loop_through_grpc(running, data_dir: Path):
     app, clf_stub, admin = running
-    d = np.load(DATA)
+    d = np.load(data_dir / "reviews_small.npz")
     classes = [str(c) for c in d["class_names"]]
     truth = {str(p): classes[int(c)] for p, c in zip(d["post_id"], d["label"], strict=True)}
     test = np.flatnonzero(d["split"] == "test")

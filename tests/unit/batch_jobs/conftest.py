@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 from pathlib import Path
 
@@ -16,17 +15,12 @@ from model.data import Views
 from model.training import TrainConfig
 from store.ledger import Ledger
 from store.pool import Pool
-
-DATA = Path(os.environ.get("POSTCLF_DATA_DIR", Path(__file__).parents[4] / "shared" / "data"))
-SMALL = DATA / "reviews_small.npz"
+from tests.conftest import SMALL
 
 
 @pytest.fixture(scope="session")
-def small() -> dict[str, np.ndarray]:
-    if not SMALL.exists():
-        pytest.skip(f"{SMALL} not found (set POSTCLF_DATA_DIR)")
-    with np.load(SMALL) as d:
-        return {k: d[k] for k in d.files}
+def small(small_npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    return small_npz  # the root conftest's fixture: fails loudly when the data is missing
 
 
 @pytest.fixture(scope="session")

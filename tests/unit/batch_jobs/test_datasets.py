@@ -81,8 +81,6 @@ def test_mnist_adapter_follows_the_published_protocol(tmp_path: Path) -> None:
 
 
 def test_real_mnist_seed_shapes(data_dir: Path) -> None:
-    if not (data_dir / "mnist_seed.npz").exists():
-        pytest.skip("mnist_seed.npz not available")
     ds = load_dataset("mnist_seed", data_dir=data_dir)
     assert ds.views.image.shape == (4400, 784) and ds.views.text is None
 

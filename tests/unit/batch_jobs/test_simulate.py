@@ -80,8 +80,6 @@ def test_same_seed_same_curves(data_dir: Path) -> None:
 def test_seed_mnist_preset_on_a_small_slice(
     data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    if not (data_dir / "mnist_seed.npz").exists():
-        pytest.skip("mnist_seed.npz not available")
     with np.load(data_dir / "mnist_seed.npz") as d:  # 300 train / 100 test
         np.savez(
             tmp_path / "mnist_seed.npz",
