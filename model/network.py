@@ -51,6 +51,20 @@ class HeadLogits:
     features: torch.Tensor
 
 
+def _rows(x: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """`x[mask]`, without the gather when every row is present (the common case)."""
+    return x if bool(mask.all()) else x[mask]
+
+
+def _place(values: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
+    """Scatter `(n_present, F)` back to `(B, F)` with zeros elsewhere; no copy when all present."""
+    if values.shape[0] == mask.shape[0]:
+        return values
+    out = values.new_zeros(mask.shape[0], values.shape[1])
+    out[mask] = values
+    return out
+
+
 def _block(n_in: int, n_out: int) -> nn.Sequential:
     """Linear → ReLU → BN: the unit both branches and the fused trunk are built from."""
     return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out))
@@ -98,8 +112,8 @@ class Trident(nn.Module):
         drop: Dropout = no_dropout,
     ) -> HeadLogits:
         """`image (B, Di)`, `text (B, Dt)`, masks `(B,)` bool → logits of every head."""
-        img_rows = image[image_mask] if image is not None else None  # (n_img, Di)
-        txt_rows = text[text_mask] if text is not None else None  # (n_txt, Dt)
+        img_rows = _rows(image, image_mask) if image is not None else None  # (n_img, Di)
+        txt_rows = _rows(text, text_mask) if text is not None else None  # (n_txt, Dt)
         hi, ht = self.prefix(img_rows, txt_rows)
         return self.from_prefix(hi, ht, image_mask, text_mask, drop)
 
@@ -112,17 +126,15 @@ class Trident(nn.Module):
         drop: Dropout,
     ) -> HeadLogits:
         """Everything after the prefix. `hi (n_img, 4d)`, `ht (n_txt, 2d)`, masks `(B,)`."""
-        batch, d2, c = image_mask.shape[0], 2 * self.cfg.d, self.cfg.n_classes
+        c = self.cfg.n_classes
         logits, masks, feats = {}, {}, []
         zi = zt = None
         if hi is not None and self.image_mid is not None and self.image_head is not None:
-            zi = hi.new_zeros(batch, d2)
-            zi[image_mask] = drop(self.image_mid(drop(hi)))  # (n_img, 2d)
+            zi = _place(drop(self.image_mid(drop(hi))), image_mask)  # (B, 2d)
             logits["image"], masks["image"] = self._scatter(self.image_head, zi, image_mask, c)
             feats.append(zi)
         if ht is not None and self.text_mid is not None and self.text_head is not None:
-            zt = ht.new_zeros(batch, d2)
-            zt[text_mask] = drop(self.text_mid(drop(ht)))  # (n_txt, 2d)
+            zt = _place(drop(self.text_mid(drop(ht))), text_mask)  # (B, 2d)
             logits["text"], masks["text"] = self._scatter(self.text_head, zt, text_mask, c)
             feats.append(zt)
         if (
@@ -133,20 +145,16 @@ class Trident(nn.Module):
             and self.fused_head
         ):
             both = image_mask & text_mask
-            fused = torch.cat([zi[both], zt[both]], dim=1)  # (n_both, 4d)
+            fused = torch.cat([_rows(zi, both), _rows(zt, both)], dim=1)  # (n_both, 4d)
             h = self.fused_mid(drop(self.fused_in(fused)))  # (n_both, d)
-            out = zi.new_zeros(batch, c)
-            out[both] = self.fused_head(h)  # (n_both, C)
-            logits["fused"], masks["fused"] = out, both
+            logits["fused"], masks["fused"] = _place(self.fused_head(h), both), both  # (B, C)
         return HeadLogits(logits, masks, torch.cat(feats, dim=1))
 
     @staticmethod
     def _scatter(
         head: nn.Module, z: torch.Tensor, mask: torch.Tensor, c: int
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        out = z.new_zeros(z.shape[0], c)
-        out[mask] = head(z[mask])  # (n_present, C)
-        return out, mask
+        return _place(head(_rows(z, mask)), mask), mask  # (B, C)
 
 
 class LinearSoftmax(nn.Module):
