@@ -29,3 +29,19 @@ class NotFoundError(PostclfError):
 
 class ConflictError(PostclfError):
     """The operation conflicts with state, e.g. a job already running elsewhere."""
+
+
+class JobBusyError(ConflictError):
+    """A job did not run: its lease is held by another holder that is still alive."""
+
+    def __init__(self, job: str, holder: str, expires_at: float) -> None:
+        super().__init__(f"job {job!r} did not run: its lease is held by {holder}")
+        self.job, self.holder, self.expires_at = job, holder, expires_at
+
+
+class LeaseLostError(ConflictError):
+    """A job's lease was taken over (its heartbeat stalled past the TTL); it must not commit."""
+
+
+class JobCancelledError(PostclfError):
+    """A job stopped at a safe point because the process is shutting down; nothing promoted."""

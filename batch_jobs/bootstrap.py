@@ -6,24 +6,24 @@ ledger writes skip what is already there). Test-split rows are left out entirely
 
 from __future__ import annotations
 
-import os
-import socket
-import uuid
 from pathlib import Path
 
 import numpy as np
 
 from batch_jobs.active_step import fold_in
 from batch_jobs.config import JobConfig, Paths
+from batch_jobs.faults import fault_point
+from batch_jobs.leases import BOOTSTRAP, lease_for
 from batch_jobs.retrain import evaluate
 from model.data import Views
 from model.registry import ModelRegistry
 from model.training import LabeledViews
-from postclf_errors import ConflictError, InvalidInputError
+from postclf_errors import InvalidInputError
+from store.lease import Lease
 from store.ledger import LabelRow, Ledger
 from store.pool import Pool
 
-LOCK = "bootstrap"
+LOCK = BOOTSTRAP
 ASSESSOR = "dataset"
 KEYS = ("image", "text", "label", "class_names", "split", "post_id")
 
@@ -62,24 +62,25 @@ def ensure_model(paths: Paths, cfg: JobConfig, data_path: Path) -> str:
     if current is not None:
         return current
     ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
-        if not ledger.acquire_lock(LOCK, owner, cfg.lock_ttl_s):
-            raise ConflictError(f"bootstrap is running elsewhere: {ledger.lock_holder(LOCK)}")
-        try:
+        with lease_for(ledger, LOCK, cfg) as lease:  # JobBusyError: running elsewhere
             current = registry.current_version()  # someone may have finished meanwhile
-            return current or _bootstrap(paths, cfg, ledger, registry, Path(data_path))
-        finally:
-            ledger.release_lock(LOCK, owner)
+            return current or _bootstrap(paths, cfg, ledger, lease, registry, Path(data_path))
     finally:
         ledger.close()
 
 
 def _bootstrap(
-    paths: Paths, cfg: JobConfig, ledger: Ledger, registry: ModelRegistry, data_path: Path
+    paths: Paths,
+    cfg: JobConfig,
+    ledger: Ledger,
+    lease: Lease,
+    registry: ModelRegistry,
+    data_path: Path,
 ) -> str:
     data = load_seed(data_path)
     seed_stores(paths, cfg, ledger, data)
+    fault_point("bootstrap.train")
     views = Views.from_nan_rows(data["image"], data["text"])
     labeled = LabeledViews(views, data["label"].astype(np.int64))
     train = labeled.take(np.flatnonzero(data["split"] == "train"))
@@ -87,14 +88,16 @@ def _bootstrap(
     classes = data["class_names"].astype(str).tolist()
     clf = fold_in(None, train, val if len(val) else None, classes, cfg.train)
     metrics = evaluate(clf, val) if len(val) else {}
+    lease.ensure_held()
     version = registry.save(clf, {f"gate_{k}": float(v) for k, v in metrics.items()})
-    registry.promote(version)
-    ledger.record_model(
-        version,
-        None,
-        "promoted",
-        {"gate": metrics, "data": str(data_path)},
-        f"bootstrap: passive phase on {len(train)} train rows, {len(val)} val rows as gate",
-        label_seq=ledger.label_seq(),
-    )
+    with lease.guard():  # never after shutdown began, never without the lease
+        registry.promote(version)
+        ledger.record_model(
+            version,
+            None,
+            "promoted",
+            {"gate": metrics, "data": str(data_path)},
+            f"bootstrap: passive phase on {len(train)} train rows, {len(val)} val rows as gate",
+            label_seq=ledger.label_seq(),
+        )
     return version

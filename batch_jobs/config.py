@@ -49,7 +49,10 @@ class JobConfig:
     holdout_fraction: float = 0.15  # share of new posts (by sha1 of id) kept for the gate
     query_ttl_days: int = 7  # open queries older than this are closed by the nightly job
     seed: int = 0  # query randomness: the generator is seeded with (seed, night)
-    lock_ttl_s: float = 6 * 3600.0  # a crashed job's lock is taken over after this
+    # Job leases (store.lease): renewed every lock_heartbeat_s while the job runs; a killed
+    # holder's lease expires lock_ttl_s after its last heartbeat (at once on the same host).
+    lock_ttl_s: float = 60.0
+    lock_heartbeat_s: float = 15.0
     ledger_synchronous: str = "FULL"  # FULL: a committed label survives a power loss
     pool_flush_rows: int = 4096  # rows buffered before the pool writes a segment
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
@@ -61,6 +64,8 @@ class JobConfig:
             raise InvalidInputError("must be in [0, 1)", "holdout_fraction")
         if self.query_ttl_days < 1:
             raise InvalidInputError("must be >= 1", "query_ttl_days")
+        if not 0 < self.lock_heartbeat_s < self.lock_ttl_s:
+            raise InvalidInputError("need 0 < lock_heartbeat_s < lock_ttl_s", "lock_heartbeat_s")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:

@@ -16,6 +16,7 @@ from typing import Any
 
 import pandas as pd
 
+from batch_jobs.faults import fault_point
 from store.ledger import QueryItem, QueryRecord, now_iso
 
 COLUMNS = [
@@ -78,6 +79,7 @@ def export_query(exports_dir: Path, query: QueryRecord, items: list[QueryItem]) 
     try:
         frame = query_frame(query, items)
         frame.to_csv(tmp / "query.csv", index=False)
+        fault_point("export.write")
         frame.to_parquet(tmp / "query.parquet", index=False, engine="pyarrow")
         (tmp / "manifest.json").write_text(json.dumps(manifest(query, items), indent=2))
         for name in ("query.csv", "query.parquet", "manifest.json"):
@@ -98,3 +100,18 @@ def read_export(folder: Path) -> tuple[pd.DataFrame, dict[str, Any]]:
     return pd.read_parquet(folder / "query.parquet"), json.loads(
         (folder / "manifest.json").read_text()
     )
+
+
+def remove_stale_exports(exports_dir: Path) -> list[str]:
+    """Remove the `.tmp-*` folders a killed export left behind; returns their names.
+
+    Call only while holding the nightly lease: every export runs under it, so no live writer
+    owns a temporary folder then."""
+    exports_dir = Path(exports_dir)
+    if not exports_dir.is_dir():
+        return []
+    removed = []
+    for tmp in exports_dir.glob(".tmp-*"):
+        shutil.rmtree(tmp, ignore_errors=True)
+        removed.append(tmp.name)
+    return removed

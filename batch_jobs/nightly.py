@@ -7,10 +7,7 @@ re-exporting it if its export is missing); one run at a time across replicas (le
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field, replace
@@ -24,6 +21,7 @@ from tqdm import tqdm
 from batch_jobs.active_step import ProposedQuery, propose_query
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
+from batch_jobs.leases import nightly_lease
 from batch_jobs.retrain import retrain
 from model.classifier import Classifier
 from model.data import Views
@@ -90,17 +88,11 @@ def run_nightly(
     night = night or datetime.now(UTC).date()
     report = NightlyReport(night.isoformat(), "skipped")
     ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
         if dry_run:
             return _run(paths, cfg, ledger, night, report, dry_run=True, progress=progress)
-        if not ledger.acquire_lock(LOCK, owner, cfg.lock_ttl_s):
-            report.reason = f"another nightly run holds the lock: {ledger.lock_holder(LOCK)}"
-            return report
-        try:
+        with nightly_lease(ledger, paths, cfg):  # JobBusyError when a live run holds it
             return _run_recorded(paths, cfg, ledger, night, report, progress)
-        finally:
-            ledger.release_lock(LOCK, owner)
     finally:
         ledger.close()
 

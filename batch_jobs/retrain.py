@@ -9,10 +9,7 @@ candidate is saved but NOT promoted (status "candidate", reason says why) — no
 from __future__ import annotations
 
 import logging
-import os
-import socket
 import time
-import uuid
 from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -21,14 +18,17 @@ import numpy as np
 
 from batch_jobs.active_step import fold_in
 from batch_jobs.config import JobConfig, Paths
+from batch_jobs.faults import fault_point
+from batch_jobs.leases import RETRAIN, lease_for
 from model.classifier import Classifier
 from model.registry import ModelRegistry
 from model.training import LabeledViews, macro_f1
+from store.lease import Lease
 from store.ledger import Ledger
 from store.pool import Pool
 
 log = logging.getLogger(__name__)
-LOCK = "retrain"
+LOCK = RETRAIN
 
 
 @dataclass(frozen=True)
@@ -133,23 +133,21 @@ def retrain(paths: Paths, cfg: JobConfig, force: bool = False) -> RetrainReport:
     """Fold new labels into the current model; promote the candidate only if the gate agrees.
 
     Skips (with a reason) when fewer than `cfg.min_new_labels` labels were written since the
-    current model was trained, unless `force`, or when another retrain holds the lock.
+    current model was trained, unless `force`. Raises JobBusyError when another live retrain
+    holds the lease, and JobCancelledError / LeaseLostError instead of promoting once the
+    server is shutting down or the lease was lost (the candidate stays saved, unpromoted).
     """
     ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    owner = f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
     try:
-        if not ledger.acquire_lock(LOCK, owner, cfg.lock_ttl_s):
-            holder = ledger.lock_holder(LOCK)
-            return RetrainReport("skipped", f"another retrain is running ({holder})")
-        try:
-            return _retrain_locked(paths, cfg, ledger, force)
-        finally:
-            ledger.release_lock(LOCK, owner)
+        with lease_for(ledger, LOCK, cfg) as lease:
+            return _retrain_locked(paths, cfg, ledger, lease, force)
     finally:
         ledger.close()
 
 
-def _retrain_locked(paths: Paths, cfg: JobConfig, ledger: Ledger, force: bool) -> RetrainReport:
+def _retrain_locked(
+    paths: Paths, cfg: JobConfig, ledger: Ledger, lease: Lease, force: bool
+) -> RetrainReport:
     t0 = time.perf_counter()
     registry = ModelRegistry(paths.models)
     parent_version = registry.current_version()
@@ -175,12 +173,13 @@ def _retrain_locked(paths: Paths, cfg: JobConfig, ledger: Ledger, force: bool) -
         report.reason = "every labeled post is a holdout post: nothing to train on"
         return report
     report.seconds["load"] = time.perf_counter() - t0
-    return _train_and_gate(cfg, ledger, registry, current, train, gate, seq, report)
+    return _train_and_gate(cfg, ledger, lease, registry, current, train, gate, seq, report)
 
 
 def _train_and_gate(
     cfg: JobConfig,
     ledger: Ledger,
+    lease: Lease,
     registry: ModelRegistry,
     current: Classifier,
     train: LabeledViews,
@@ -189,6 +188,7 @@ def _train_and_gate(
     report: RetrainReport,
 ) -> RetrainReport:
     t0 = time.perf_counter()
+    fault_point("retrain.train")
     candidate = fold_in(current, train, gate if len(gate) else None, current.classes, cfg.train)
     t1 = time.perf_counter()
     report.seconds["train"] = t1 - t0
@@ -204,12 +204,20 @@ def _train_and_gate(
         )
     report.seconds["evaluate"] = time.perf_counter() - t1
     metrics = {"gate": report.candidate or {}, "current_gate": report.current or {}}
+    lease.ensure_held()  # a cancelled or lost job stops here, before writing anything
+    fault_point("retrain.before_save")
     report.version = registry.save(candidate, _flat(report.candidate), parent=report.parent)
+    fault_point("retrain.before_promote")
     if promote:
-        registry.promote(report.version)
-    ledger.record_model(
-        report.version, report.parent, report.status, metrics, report.reason, label_seq=seq
-    )
+        with lease.guard():  # never after shutdown began, never without the lease
+            registry.promote(report.version)
+            ledger.record_model(
+                report.version, report.parent, report.status, metrics, report.reason, seq
+            )
+    else:
+        ledger.record_model(
+            report.version, report.parent, report.status, metrics, report.reason, seq
+        )
     log.info("event=retrain status=%s version=%s %s", report.status, report.version, report.reason)
     return report
 

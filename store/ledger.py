@@ -11,7 +11,7 @@ import json
 import sqlite3
 import threading
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import UTC, datetime
 from pathlib import Path
@@ -395,20 +395,55 @@ class Ledger:
             JobRun(r[0], r[1], r[2], r[3], r[4], json.loads(r[5]) if r[5] else None) for r in rows
         ]
 
+    def abandon_running_jobs(self, job: str, status: str = "abandoned") -> list[int]:
+        """Mark `job`'s runs still recorded as `running` as `status`; returns their ids.
+
+        Only the lease holder calls this: with the lease held, no other run of `job` is alive,
+        so a `running` row is the record of a run whose process died (or was cancelled)."""
+        with self._write() as conn:
+            ids = [
+                int(r[0])
+                for r in conn.execute(
+                    "SELECT id FROM job_runs WHERE job = ? AND status = 'running'", (job,)
+                )
+            ]
+            conn.executemany(
+                "UPDATE job_runs SET finished_at = ?, status = ? WHERE id = ?",
+                [(now_iso(), status, i) for i in ids],
+            )
+        return ids
+
     # -- locks --------------------------------------------------------------------------------
-    def acquire_lock(self, name: str, owner: str, ttl_s: float) -> bool:
-        """Take (or renew, if `owner` holds it) the named lock; an expired lock is taken over."""
+    def acquire_lock(
+        self,
+        name: str,
+        owner: str,
+        ttl_s: float,
+        takeover: Callable[[str], bool] | None = None,
+    ) -> bool:
+        """Take (or renew, if `owner` holds it) the named lock; an expired lock is taken over,
+        and so is a live one whose owner `takeover(owner)` says is gone. One transaction."""
         now = time.time()
         with self._write() as conn:
             row = conn.execute(
                 "SELECT owner, expires_at FROM locks WHERE name = ?", (name,)
             ).fetchone()
-            if row is not None and row[0] != owner and row[1] > now:
+            held = row is not None and row[0] != owner and row[1] > now
+            if held and (takeover is None or not takeover(row[0])):
                 return False
             conn.execute(
                 "INSERT OR REPLACE INTO locks VALUES (?, ?, ?)", (name, owner, now + ttl_s)
             )
             return True
+
+    def renew_lock(self, name: str, owner: str, ttl_s: float) -> bool:
+        """Extend the lock only while `owner` still holds it (never re-takes a lost one)."""
+        with self._write() as conn:
+            cur = conn.execute(
+                "UPDATE locks SET expires_at = ? WHERE name = ? AND owner = ?",
+                (time.time() + ttl_s, name, owner),
+            )
+            return cur.rowcount > 0
 
     def release_lock(self, name: str, owner: str) -> bool:
         """Release if `owner` holds it; returns whether anything was released."""

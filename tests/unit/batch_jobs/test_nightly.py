@@ -15,7 +15,7 @@ from batch_jobs.export import COLUMNS, read_export
 from batch_jobs.labels import LabelIn, submit_labels
 from batch_jobs.nightly import run_nightly
 from model.registry import ModelRegistry
-from postclf_errors import ModelUnavailableError
+from postclf_errors import JobBusyError, ModelUnavailableError
 from store.ledger import Ledger
 
 from .conftest import true_label
@@ -117,11 +117,11 @@ def test_nightly_retrains_on_new_labels_and_queries_with_the_new_model(paths, jo
     assert (current == "v0002") == (second.retrain["status"] == "promoted")
 
 
-def test_lock_held_skips_without_error(paths, job_cfg):
+def test_lease_held_by_a_live_holder_raises_busy(paths, job_cfg):
     with Ledger(paths.ledger) as ledger:
         ledger.acquire_lock("nightly", "other-replica", 60)
-    rep = run_nightly(paths, job_cfg, night=NIGHT)
-    assert rep.status == "skipped" and "other-replica" in rep.reason
+    with pytest.raises(JobBusyError, match="other-replica"):
+        run_nightly(paths, job_cfg, night=NIGHT)
     with Ledger(paths.ledger) as ledger:
         assert ledger.list_queries() == [] and ledger.job_runs() == []
 

@@ -14,7 +14,7 @@ from batch_jobs.config import Paths
 from batch_jobs.labels import LabelIn, submit_labels
 from batch_jobs.retrain import decide, resolve_labels, retrain
 from model.registry import ModelRegistry
-from postclf_errors import ModelUnavailableError
+from postclf_errors import JobBusyError, ModelUnavailableError
 from store.ledger import Ledger
 
 from .conftest import true_label
@@ -119,11 +119,12 @@ def test_no_gate_set_is_never_promoted_silently(tmp_path, small, job_cfg):
     assert ModelRegistry(paths.models).current_version() == "v0001"
 
 
-def test_lock_held_means_skip(paths, job_cfg):
+def test_lease_held_by_a_live_holder_raises_busy(paths, job_cfg):
     with Ledger(paths.ledger) as ledger:
         assert ledger.acquire_lock("retrain", "someone", 60)
-    rep = retrain(paths, job_cfg, force=True)
-    assert rep.status == "skipped" and "another retrain" in rep.reason
+    with pytest.raises(JobBusyError, match="someone"):
+        retrain(paths, job_cfg, force=True)
+    assert ModelRegistry(paths.models).versions() == ["v0001"]
 
 
 def test_missing_model_raises(tmp_path, job_cfg):
