@@ -50,19 +50,27 @@ def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection |
 def submit_labels(
     ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
 ) -> SubmitResult:
-    """Reject unknown posts, unknown classes and empty assessors; store the rest in one
-    durable transaction. A bad item never costs a good one its place."""
+    """Reject unknown posts, unknown classes and empty assessors, and a second, different label
+    from the same assessor for the same post within one call (so that `accepted` counts rows
+    actually stored); store the rest in one durable transaction. A bad item never costs a good
+    one its place."""
     known = ledger.known_posts([lab.post_id for lab in labels])
     class_set = set(classes)
     rejected, rows = [], []
+    first: dict[tuple[str, str], tuple[int, str]] = {}  # (post, assessor) → (index, label)
     for i, item in enumerate(labels):
         bad = _check(i, item, class_set, bool(known[i]))
+        key = (item.post_id, item.assessor_id.strip())
+        if bad is None and key in first and first[key][1] != item.label:
+            j = first[key][0]
+            bad = Rejection(
+                i, item.post_id, f"labels[{i}].label", f"conflicts with labels[{j}] in this call"
+            )
         if bad is not None:
             rejected.append(bad)
         else:
-            rows.append(
-                LabelRow(item.post_id, item.assessor_id.strip(), item.label, item.query_id or None)
-            )
+            first.setdefault(key, (i, item.label))
+            rows.append(LabelRow(item.post_id, key[1], item.label, item.query_id or None))
     if not rows:
         return SubmitResult(0, 0, rejected)
     counts = ledger.add_labels(rows)

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
@@ -17,6 +18,15 @@ from typing import Any
 
 from model.classifier import Classifier
 from postclf_errors import ModelUnavailableError, NotFoundError
+
+VERSION_RE = re.compile(r"v[0-9]{4,9}")  # every name `_claim_version_dir` hands out
+
+
+def _checked(version: str) -> str:
+    """A version name is never a path: anything but `vNNNN` is unknown (NotFoundError)."""
+    if not isinstance(version, str) or not VERSION_RE.fullmatch(version):
+        raise NotFoundError(f"model version {str(version)[:40]!r} does not exist")
+    return version
 
 
 @dataclass(frozen=True)
@@ -47,7 +57,11 @@ class ModelRegistry:
 
     def _claim_version_dir(self) -> tuple[str, Path]:
         """Next free `vNNNN`; `mkdir` is atomic, so concurrent writers never share a number."""
-        existing = [int(p.name[1:]) for p in self.versions_dir.glob("v[0-9]*") if p.is_dir()]
+        existing = [
+            int(p.name[1:])
+            for p in self.versions_dir.glob("v[0-9]*")
+            if p.is_dir() and VERSION_RE.fullmatch(p.name)
+        ]
         n = max(existing, default=0) + 1
         while True:
             name = f"v{n:04d}"
@@ -81,7 +95,7 @@ class ModelRegistry:
 
     def promote(self, version: str) -> None:
         """Make `version` current: readers see the old or the new pointer, never a torn one."""
-        if not (self.versions_dir / version / "model.pt").exists():
+        if not (self.versions_dir / _checked(version) / "model.pt").exists():
             raise NotFoundError(f"model version {version!r} does not exist")
         _write_atomic(self.root / "CURRENT", version.encode())
 
@@ -96,7 +110,7 @@ class ModelRegistry:
         version = version or self.current_version()
         if version is None:
             raise ModelUnavailableError("no model has been promoted yet")
-        path = self.versions_dir / version / "model.pt"
+        path = self.versions_dir / _checked(version) / "model.pt"
         if not path.exists():
             raise NotFoundError(f"model version {version!r} does not exist")
         clf = Classifier.load(path)
@@ -104,7 +118,7 @@ class ModelRegistry:
         return clf
 
     def info(self, version: str) -> VersionInfo:
-        path = self.versions_dir / version / "meta.json"
+        path = self.versions_dir / _checked(version) / "meta.json"
         if not path.exists():
             raise NotFoundError(f"model version {version!r} does not exist")
         return VersionInfo(version, json.loads(path.read_text()))

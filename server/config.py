@@ -34,6 +34,9 @@ class LimitsConfig:
     max_posts_per_call: int = 4096  # Classify / IngestPosts; more → RESOURCE_EXHAUSTED
     max_labels_per_call: int = 10_000  # SubmitLabels
     max_message_bytes: int = 64 * 1024 * 1024  # grpc.max_receive_message_length
+    # |embedding value| above this → INVALID_ARGUMENT (real embeddings are O(1); 1e38 would
+    # overflow the network). An output still non-finite is rejected too (never NaN under OK).
+    max_abs_value: float = 1e6
     default_top_k: int = 3
 
 
@@ -104,6 +107,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_MAX_POSTS_PER_CALL": ("limits", "max_posts_per_call"),
     "POSTCLF_MAX_LABELS_PER_CALL": ("limits", "max_labels_per_call"),
     "POSTCLF_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
+    "POSTCLF_MAX_ABS_VALUE": ("limits", "max_abs_value"),
     "POSTCLF_CLASSIFY_TOKEN": ("auth", "classify_token"),
     "POSTCLF_LABELS_TOKEN": ("auth", "labels_token"),
     "POSTCLF_ADMIN_TOKEN": ("auth", "admin_token"),

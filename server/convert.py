@@ -16,12 +16,26 @@ import numpy as np
 
 from batch_jobs.labels import LabelIn, SubmitResult
 from model.data import Views
-from model.registry import VersionInfo
+from model.registry import VERSION_RE, VersionInfo
 from postclf.v1 import postclf_pb2 as pb
 from postclf_errors import InvalidInputError, TooLargeError
 from store.ledger import QueryRecord
 
 F32LE = np.dtype("<f4")
+
+# Byte limits (UTF-8) on every id and name the API takes; past one → INVALID_ARGUMENT naming
+# the field. Also documented in proto/postclf/v1/postclf.proto and the README.
+MAX_POST_ID_BYTES = 256
+MAX_ASSESSOR_ID_BYTES = 128
+MAX_LABEL_BYTES = 256
+MAX_QUERY_ID_BYTES = 128
+MAX_VERSION_BYTES = 32
+
+
+def check_bytes(value: str, limit: int, field: str) -> None:
+    """InvalidInputError when `value` is longer than `limit` bytes in UTF-8."""
+    if len(value) * 4 > limit and len(value.encode()) > limit:  # cheap test first
+        raise InvalidInputError(f"{len(value.encode())} bytes, the limit is {limit}", field)
 
 
 @dataclass(frozen=True)
@@ -51,7 +65,7 @@ def _decode_one(emb: pb.Embedding, dim: int, field: str) -> np.ndarray:
 
 
 def _decode_modality(
-    posts: Sequence[pb.Post], name: str, dim: int | None
+    posts: Sequence[pb.Post], name: str, dim: int | None, max_abs: float
 ) -> tuple[np.ndarray | None, np.ndarray | None]:
     """`(n, dim)` float32 (zeros where missing) and `(n,)` presence mask for one modality."""
     n = len(posts)
@@ -79,6 +93,11 @@ def _decode_modality(
     bad = mask & ~np.isfinite(out).all(axis=1)
     if bad.any():
         raise InvalidInputError("NaN or Inf in embedding", f"posts[{int(np.argmax(bad))}].{name}")
+    huge = mask & (np.abs(out).max(axis=1) > max_abs)
+    if huge.any():
+        raise InvalidInputError(
+            f"embedding value beyond ±{max_abs:g}", f"posts[{int(np.argmax(huge))}].{name}"
+        )
     return out, mask
 
 
@@ -89,6 +108,7 @@ def _check_ids(posts: Sequence[pb.Post]) -> np.ndarray:
     for i, pid in enumerate(ids):
         if not pid:
             raise InvalidInputError("post_id is empty", f"posts[{i}].post_id")
+        check_bytes(pid, MAX_POST_ID_BYTES, f"posts[{i}].post_id")
         j = first.setdefault(pid, i)
         if j != i:
             raise InvalidInputError(
@@ -98,16 +118,17 @@ def _check_ids(posts: Sequence[pb.Post]) -> np.ndarray:
 
 
 def posts_to_views(
-    posts: Sequence[pb.Post], dims: Dims, max_posts: int
+    posts: Sequence[pb.Post], dims: Dims, max_posts: int, max_abs: float = float("inf")
 ) -> tuple[np.ndarray, Views]:
-    """Validate and decode a request's posts → `(post_ids (n,), Views)`."""
+    """Validate and decode a request's posts → `(post_ids (n,), Views)`; every embedding value
+    must be finite and within ±`max_abs`."""
     if len(posts) == 0:
         raise InvalidInputError("at least one post is required", "posts")
     if len(posts) > max_posts:
         raise TooLargeError(f"{len(posts)} posts in one call, the limit is {max_posts}")
     ids = _check_ids(posts)
-    image, image_mask = _decode_modality(posts, "image", dims.image)
-    text, text_mask = _decode_modality(posts, "text", dims.text)
+    image, image_mask = _decode_modality(posts, "image", dims.image, max_abs)
+    text, text_mask = _decode_modality(posts, "text", dims.text, max_abs)
     present = np.zeros(len(posts), bool)
     for m in (image_mask, text_mask):
         if m is not None:
@@ -183,6 +204,11 @@ def labels_from_proto(labels: Sequence[pb.Label], max_labels: int) -> list[Label
         raise InvalidInputError("at least one label is required", "labels")
     if len(labels) > max_labels:
         raise TooLargeError(f"{len(labels)} labels in one call, the limit is {max_labels}")
+    for i, lab in enumerate(labels):
+        check_bytes(lab.post_id, MAX_POST_ID_BYTES, f"labels[{i}].post_id")
+        check_bytes(lab.label, MAX_LABEL_BYTES, f"labels[{i}].label")
+        check_bytes(lab.assessor_id, MAX_ASSESSOR_ID_BYTES, f"labels[{i}].assessor_id")
+        check_bytes(lab.query_id, MAX_QUERY_ID_BYTES, f"labels[{i}].query_id")
     return [
         LabelIn(
             post_id=lab.post_id,
@@ -203,6 +229,15 @@ def submit_result_to_proto(result: SubmitResult) -> pb.SubmitLabelsResponse:
             for r in result.rejected
         ],
     )
+
+
+def check_version(version: str) -> str:
+    """A requested model version: empty (= the served one) or the registry's `vNNNN` form."""
+    if version:
+        check_bytes(version, MAX_VERSION_BYTES, "version")
+        if not VERSION_RE.fullmatch(version):
+            raise InvalidInputError("not a model version (expected v0001, v0002, ...)", "version")
+    return version
 
 
 def model_info_to_proto(info: VersionInfo, serving: str) -> pb.ModelInfo:

@@ -11,6 +11,7 @@ import numpy as np
 from batch_jobs.labels import LabelIn, SubmitResult
 from model.data import Views
 from model.registry import ModelRegistry, VersionInfo
+from postclf_errors import InvalidInputError
 from server.batcher import Batcher, BatchResult
 from server.jobs import Jobs
 from server.metrics import Metrics
@@ -38,6 +39,12 @@ class PostService:
     ) -> BatchResult:
         """Predict `(n,)` posts with one model version; queue them for the pool unless skipped."""
         result = self.batcher.predict(views, deadline)
+        finite = np.isfinite(result.probs).all(axis=1)  # (n,)
+        if not finite.all():  # rows are independent (BN in eval mode): name the first bad post
+            raise InvalidInputError(
+                "embedding makes the model's output non-finite (values too large?)",
+                f"posts[{int(np.argmin(finite))}]",
+            )
         if not skip_pool:
             classes = result.model.classes
             predicted = [classes[i] for i in result.probs.argmax(axis=1).tolist()]

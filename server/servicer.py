@@ -35,7 +35,9 @@ class PostClassifierServicer(pb_grpc.PostClassifierServicer):
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
         dims = self.svc.holder.require().dims
-        ids, views = convert.posts_to_views(request.posts, dims, self.limits.max_posts_per_call)
+        ids, views = convert.posts_to_views(
+            request.posts, dims, self.limits.max_posts_per_call, self.limits.max_abs_value
+        )
         result = self.svc.classify(ids, views, deadline_of(context), request.skip_pool)
         top_k = request.top_k or self.limits.default_top_k
         return convert.classify_response(
@@ -55,7 +57,9 @@ class PostClassifierServicer(pb_grpc.PostClassifierServicer):
         self, request: pb.IngestPostsRequest, context: grpc.ServicerContext
     ) -> pb.IngestPostsResponse:
         dims = self.svc.holder.require().dims
-        ids, views = convert.posts_to_views(request.posts, dims, self.limits.max_posts_per_call)
+        ids, views = convert.posts_to_views(
+            request.posts, dims, self.limits.max_posts_per_call, self.limits.max_abs_value
+        )
         accepted, duplicates = self.svc.ingest(ids, views)
         return pb.IngestPostsResponse(accepted=accepted, duplicates=duplicates)
 
@@ -63,7 +67,7 @@ class PostClassifierServicer(pb_grpc.PostClassifierServicer):
     def GetModelInfo(
         self, request: pb.GetModelInfoRequest, context: grpc.ServicerContext
     ) -> pb.ModelInfo:
-        info, serving = self.svc.model_info(request.version)
+        info, serving = self.svc.model_info(convert.check_version(request.version))
         return convert.model_info_to_proto(info, serving)
 
 
