@@ -30,7 +30,11 @@ RUN useradd --system --uid 10001 --home-dir /app postclf \
     && chown postclf /var/lib/postclf
 USER postclf
 
+# A container must listen beyond loopback; Admin is then refused unless POSTCLF_ADMIN_TOKEN
+# is set (e.g. `docker run -e POSTCLF_ADMIN_TOKEN=...`).
 ENV POSTCLF_HOME=/var/lib/postclf \
+    POSTCLF_HOST="[::]" \
+    POSTCLF_METRICS_HOST=0.0.0.0 \
     POSTCLF_GRPC_PORT=50051 \
     POSTCLF_METRICS_PORT=9095 \
     POSTCLF_BOOTSTRAP_DATA=/data/reviews.npz

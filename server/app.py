@@ -20,7 +20,7 @@ from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.auth import TokenAuthInterceptor
 from server.batcher import Batcher
-from server.config import ServerConfig
+from server.config import ServerConfig, admin_refusal
 from server.jobs import Jobs
 from server.metrics import Metrics, MetricsInterceptor
 from server.models import ModelHolder, ServedModel
@@ -84,7 +84,10 @@ def _grpc_server(cfg: ServerConfig, metrics: Metrics) -> grpc.Server:
     size = cfg.limits.max_message_bytes
     return grpc.server(
         futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
-        interceptors=[MetricsInterceptor(metrics), TokenAuthInterceptor(cfg.auth)],
+        interceptors=[
+            MetricsInterceptor(metrics),
+            TokenAuthInterceptor(cfg.auth, admin_refusal(cfg)),
+        ],
         options=[
             ("grpc.max_receive_message_length", size),
             ("grpc.max_send_message_length", size),
@@ -174,12 +177,14 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     app = App(cfg=cfg, server=server, port=port, health=hs, service=service)
     if cfg.metrics_port is not None:
         app.metrics_httpd, app.metrics_port = metrics.serve(
-            cfg.host.strip("[]") or "::", cfg.metrics_port
+            cfg.metrics_host.strip("[]"), cfg.metrics_port
         )
     if cfg.scheduler:
         nightly = functools.partial(service.run_nightly, dry_run=False, seed=None)
         app.scheduler = jobs.build_scheduler(nightly, cfg.nightly_cron)
         app.scheduler.start()
+    if admin_refusal(cfg):
+        log.warning("event=admin_disabled reason=%r", admin_refusal(cfg))
     log.info(
         "event=server_started port=%d metrics_port=%s tls=%s batching=%s model=%s",
         port,

@@ -2,7 +2,8 @@
 
 No token configured for a group: its calls are open. Configured: a call without
 `authorization: Bearer <token>` gets UNAUTHENTICATED, one with another token PERMISSION_DENIED.
-Health and reflection are always open.
+Health and reflection are always open. A server bound off loopback with no admin token
+refuses every Admin call (PERMISSION_DENIED): Admin is never open to other hosts.
 """
 
 from __future__ import annotations
@@ -47,12 +48,13 @@ def _bearer(metadata: Any) -> str | None:
 
 
 class TokenAuthInterceptor(grpc.ServerInterceptor):
-    def __init__(self, cfg: AuthConfig) -> None:
+    def __init__(self, cfg: AuthConfig, admin_refusal: str | None = None) -> None:
         self.tokens = {
             "classify": cfg.classify_token,
             "labels": cfg.labels_token,
             "admin": cfg.admin_token,
         }
+        self.admin_refusal = admin_refusal  # set: every Admin call is PERMISSION_DENIED
 
     @property
     def active(self) -> bool:
@@ -60,6 +62,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         group = group_of(handler_call_details.method)
+        if group == "admin" and self.admin_refusal:
+            return _deny(grpc.StatusCode.PERMISSION_DENIED, self.admin_refusal)
         expected = self.tokens.get(group) if group else None
         if not expected:
             return continuation(handler_call_details)

@@ -63,8 +63,11 @@ class TlsConfig:
 @dataclass(frozen=True)
 class ServerConfig:
     home: Path = Path("var")  # POSTCLF_HOME: ledger, pool, model registry, exports
-    host: str = "[::]"
+    # gRPC bind address. Loopback by default; bound anywhere else ("[::]", "0.0.0.0", an
+    # interface address), Admin calls are refused unless auth.admin_token is set.
+    host: str = "localhost"
     grpc_port: int = 50051  # 0 = pick a free port
+    metrics_host: str = "127.0.0.1"  # Prometheus HTTP bind address ("0.0.0.0": every interface)
     metrics_port: int | None = 9095  # Prometheus HTTP; None = off, 0 = pick a free port
     processes: int = 1  # server processes sharing the port (SO_REUSEPORT); one per core
     reuse_port: bool = False  # SO_REUSEPORT (forced on when processes > 1)
@@ -90,6 +93,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_HOME": ("", "home"),
     "POSTCLF_HOST": ("", "host"),
     "POSTCLF_GRPC_PORT": ("", "grpc_port"),
+    "POSTCLF_METRICS_HOST": ("", "metrics_host"),
     "POSTCLF_METRICS_PORT": ("", "metrics_port"),
     "POSTCLF_WORKERS": ("", "workers"),
     "POSTCLF_TORCH_THREADS": ("", "torch_threads"),
@@ -166,3 +170,22 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     top = _build(ServerConfig, raw, "config")
     built = {name: _build(cls, sections[name], name) for name, cls in SECTIONS.items()}
     return dataclasses.replace(top, jobs=jobs, **built)
+
+
+LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether a bind address only reaches this host ("localhost", 127.x.y.z, "[::1]")."""
+    bare = host.strip().strip("[]").lower()
+    return bare in LOOPBACK_NAMES or bare.startswith("127.")
+
+
+def admin_refusal(cfg: ServerConfig) -> str | None:
+    """Why Admin must be refused (reachable from other hosts, no admin token), else None."""
+    if cfg.auth.admin_token or is_loopback(cfg.host):
+        return None
+    return (
+        f"Admin is disabled: the server listens on {cfg.host} (not loopback) and no "
+        "admin_token is set (POSTCLF_ADMIN_TOKEN)"
+    )

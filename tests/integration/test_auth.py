@@ -62,3 +62,38 @@ def test_health_needs_no_token(secured: Running) -> None:
     stub = health_pb2_grpc.HealthStub(secured.channel)
     reply = stub.Check(health_pb2.HealthCheckRequest(), timeout=5)
     assert reply.status == health_pb2.HealthCheckResponse.SERVING
+
+
+def test_off_loopback_without_admin_token_refuses_admin_only(
+    start_server: Callable[..., Running], model_registry: Path, tmp_path: Path, data: SmallData
+) -> None:
+    install_model(model_registry, tmp_path / "open")
+    running = start_server(tmp_path / "open", host="0.0.0.0")
+    nightly = lambda: running.admin.RunNightly(pb.RunNightlyRequest(dry_run=True))  # noqa: E731
+    with pytest.raises(grpc.RpcError) as err:
+        nightly()
+    assert err.value.code() == grpc.StatusCode.PERMISSION_DENIED
+    assert "admin_token" in (err.value.details() or "")
+    posts = data.posts(slice(0, 2))
+    classify = lambda: running.classifier.Classify(pb.ClassifyRequest(posts=posts))  # noqa: E731
+    assert _code(classify) == grpc.StatusCode.OK
+
+
+def test_off_loopback_with_admin_token_serves_admin(
+    start_server: Callable[..., Running], model_registry: Path, tmp_path: Path
+) -> None:
+    install_model(model_registry, tmp_path / "tok")
+    running = start_server(tmp_path / "tok", host="0.0.0.0", auth=AuthConfig(admin_token="s"))
+    queries = lambda md: running.admin.ListQueries(pb.ListQueriesRequest(), metadata=md)  # noqa: E731
+    assert _code(lambda: queries(())) == grpc.StatusCode.UNAUTHENTICATED
+    assert _code(lambda: queries(_md("s"))) == grpc.StatusCode.OK
+
+
+def test_defaults_bind_loopback_only() -> None:
+    from server.config import ServerConfig, admin_refusal, is_loopback
+
+    cfg = ServerConfig()
+    assert is_loopback(cfg.host) and is_loopback(cfg.metrics_host)
+    assert admin_refusal(cfg) is None
+    assert all(is_loopback(h) for h in ("localhost", "127.0.0.1", "[::1]", "127.1.2.3"))
+    assert not any(is_loopback(h) for h in ("[::]", "0.0.0.0", "10.0.0.5", ""))
