@@ -12,10 +12,11 @@ from pathlib import Path
 
 import torch
 
+from batch_jobs import faults
 from server.app import bootstrap_in_background, build_server
 from server.config import load_config
 from server.logs import setup_logging
-from server.supervisor import signal_children, start_children, wait_children
+from server.supervisor import PARENT_ENV, Children, die_with_parent
 
 log = logging.getLogger("server")
 
@@ -35,10 +36,10 @@ def main(argv: list[str] | None = None) -> int:
         torch.set_num_threads(cfg.torch_threads)  # process-wide, so only at the entry point
     if cfg.processes > 1:
         cfg = dataclasses.replace(cfg, reuse_port=True)
-    app = build_server(cfg)
-    children = start_children(cfg, args.config, os.environ)
-    if cfg.bootstrap:
-        bootstrap_in_background(app, cfg.bootstrap_data)
+    if PARENT_ENV in os.environ:  # a supervisor's child: never outlive it
+        die_with_parent(int(os.environ[PARENT_ENV]))
+    if cfg.fault_points:
+        log.warning("event=fault_points_armed points=%s", faults.arm(cfg.fault_points))
     stop = threading.Event()
 
     def on_signal(signum: int, _frame: object) -> None:
@@ -47,10 +48,16 @@ def main(argv: list[str] | None = None) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    stop.wait()
-    signal_children(children)
-    app.stop()
-    wait_children(children, cfg.grace_s)
+    app = build_server(cfg)
+    children = Children(cfg, args.config, os.environ).start()
+    if cfg.bootstrap:
+        bootstrap_in_background(app, cfg.bootstrap_data)
+    while not stop.wait(1.0):
+        children.check()
+    children.signal()
+    app.stop()  # returns within the grace period: running jobs are cancelled, not awaited
+    children.wait(cfg.grace_s)
+    log.info("event=exit")
     return 0
 
 

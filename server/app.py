@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import logging
 import threading
+import time
 from concurrent import futures
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -14,10 +15,12 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from batch_jobs import faults as fault_points
 from batch_jobs.config import JobConfig, Paths
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
+from postclf_errors import JobBusyError, JobCancelledError
 from server.auth import TokenAuthInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, admin_refusal
@@ -62,11 +65,18 @@ class App:
         self._stopped.set()
         grace = self.cfg.grace_s if grace is None else grace
         log.info("event=shutdown_started grace_s=%s", grace)
+        fault_points.shutdown_began()
         self.health.enter_graceful_shutdown()
+        # Jobs first: from here on none promotes, and their callers get UNAVAILABLE now
+        # instead of holding the grace period (their threads die with the process).
+        self.service.jobs.scope.close()
         self.server.stop(grace).wait()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         svc = self.service
+        cancelled = svc.jobs.scope.abandon()  # free their leases for the next start
+        if cancelled:
+            log.warning("event=jobs_cancelled jobs=%s", cancelled)
         svc.holder.stop()
         svc.batcher.stop()
         svc.writer.close()  # drains queued pool writes, then flushes the pool buffer
@@ -163,6 +173,8 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     """Start gRPC (NOT_SERVING until a model loads), the model watcher, metrics, scheduler."""
     paths = Paths(Path(cfg.home))
     jobs = Jobs(paths, job_cfg or JobConfig.from_dict(dict(cfg.jobs)))
+    recovered = jobs.recover()  # a job killed in an earlier life: its run, lease, temp files
+    log.info("event=recovered leases=%s", recovered)
     metrics = Metrics()
     hs = health.HealthServicer(experimental_non_blocking=True)
     for name in ("", *SERVICE_NAMES):
@@ -200,11 +212,19 @@ def bootstrap_in_background(app: App, data_path: Path) -> threading.Thread:
     """Train the demo model when the registry is empty, then load it (health turns SERVING)."""
 
     def run() -> None:
-        try:
-            app.service.jobs.ensure_model(data_path)
-            app.holder.refresh()
-        except Exception:
-            log.exception("event=bootstrap_failed data=%s", data_path)
+        while not app._stopped.is_set():
+            try:
+                app.service.jobs.ensure_model(data_path)
+                app.holder.refresh()
+                return
+            except JobBusyError as err:  # another live process bootstraps: wait, then retry
+                log.info("event=bootstrap_waiting holder=%s", err.holder)
+                app._stopped.wait(max(1.0, min(15.0, err.expires_at - time.time())))
+            except JobCancelledError:
+                return
+            except Exception:
+                log.exception("event=bootstrap_failed data=%s", data_path)
+                return
 
     thread = threading.Thread(target=run, name="bootstrap", daemon=True)
     thread.start()

@@ -3,7 +3,9 @@
 Commands: classify FILE.npz|FILE.parquet [--limit N] [--batch B] [--values] [--skip-pool];
 ingest FILE [--limit N]; submit-labels FILE.csv (post_id,label,assessor_id[,query_id]);
 model-info; health (exit 0 when SERVING); run-nightly [--dry-run] [--seed S]; retrain;
-list-queries [--limit N]. Files hold `post_id` and `image`/`text` embeddings (all-NaN or null
+list-queries [--limit N]. Exit status: 0 done, 1 the call failed, 2 some labels rejected,
+3 run-nightly/retrain did not run (ABORTED: its lease is held elsewhere; UNAVAILABLE: server
+shutting down). Files hold `post_id` and `image`/`text` embeddings (all-NaN or null
 row = missing view), like ../shared/data/reviews.npz.
 """
 
@@ -118,7 +120,7 @@ def cmd_submit_labels(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub
             reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
         )
     )
-    return 0 if not reply.rejected else 2
+    return 0 if not reply.rejected else EXIT_REJECTED
 
 
 def cmd_health(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -225,13 +227,24 @@ def parser() -> argparse.ArgumentParser:
     return p
 
 
+EXIT_ERROR = 1  # the call failed
+EXIT_REJECTED = 2  # submit-labels: some labels were rejected (the rest are stored)
+EXIT_NOT_RUN = 3  # run-nightly / retrain: the job did not run (ABORTED: another holder has
+# its lease; UNAVAILABLE: the server is shutting down and cancelled it)
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
         return run(args)
     except grpc.RpcError as err:
-        print(f"error: {err.code().name}: {err.details()}", file=sys.stderr)
-        return 1
+        code = err.code()
+        print(f"error: {code.name}: {err.details()}", file=sys.stderr)
+        job = args.command in ("run-nightly", "retrain")
+        if job and code in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
+            print(f"{args.command}: the job did not run", file=sys.stderr)
+            return EXIT_NOT_RUN
+        return EXIT_ERROR
 
 
 if __name__ == "__main__":

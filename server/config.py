@@ -81,6 +81,8 @@ class ServerConfig:
     scheduler: bool = True  # run the nightly job on `nightly_cron`
     nightly_cron: str = "0 3 * * *"
     log_level: str = "INFO"
+    # Fault-injection tests only ("point=kill|term|hang,...", see batch_jobs/faults.py).
+    fault_points: str = ""
     batcher: BatcherConfig = field(default_factory=BatcherConfig)
     limits: LimitsConfig = field(default_factory=LimitsConfig)
     auth: AuthConfig = field(default_factory=AuthConfig)
@@ -106,6 +108,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_SCHEDULER": ("", "scheduler"),
     "POSTCLF_NIGHTLY_CRON": ("", "nightly_cron"),
     "POSTCLF_LOG_LEVEL": ("", "log_level"),
+    "POSTCLF_FAULT_POINTS": ("", "fault_points"),
     "POSTCLF_MAX_BATCH": ("batcher", "max_batch"),
     "POSTCLF_MAX_DELAY_MS": ("batcher", "max_delay_ms"),
     "POSTCLF_MAX_POSTS_PER_CALL": ("limits", "max_posts_per_call"),

@@ -12,6 +12,7 @@ import grpc
 from postclf_errors import (
     ConflictError,
     InvalidInputError,
+    JobCancelledError,
     ModelUnavailableError,
     NotFoundError,
     TooLargeError,
@@ -26,13 +27,16 @@ class DeadlineExpiredError(Exception):
     """A queued call whose deadline passed before it was computed (server-side only)."""
 
 
-# Checked in order: the first matching class wins.
+# Checked in order: the first matching class wins. A job that did not run leaves as ABORTED
+# (JobBusyError: another live holder has its lease; LeaseLostError: it lost the lease before
+# committing) or UNAVAILABLE (JobCancelledError: the server is shutting down), never as OK.
 STATUS_OF: tuple[tuple[type[BaseException], grpc.StatusCode], ...] = (
     (InvalidInputError, grpc.StatusCode.INVALID_ARGUMENT),
     (TooLargeError, grpc.StatusCode.RESOURCE_EXHAUSTED),
     (ModelUnavailableError, grpc.StatusCode.UNAVAILABLE),
+    (JobCancelledError, grpc.StatusCode.UNAVAILABLE),
     (NotFoundError, grpc.StatusCode.NOT_FOUND),
-    (ConflictError, grpc.StatusCode.ABORTED),
+    (ConflictError, grpc.StatusCode.ABORTED),  # JobBusyError, LeaseLostError
     (DeadlineExpiredError, grpc.StatusCode.DEADLINE_EXCEEDED),
 )
 

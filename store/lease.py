@@ -145,6 +145,7 @@ class JobScope:
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._leases: dict[str, Lease] = {}  # owner → lease
+        self._changed = threading.Condition()  # a job finished, or the scope closed
         self.closed = threading.Event()
 
     @contextmanager
@@ -170,11 +171,24 @@ class JobScope:
         with self._lock:
             return [lease.name for lease in self._leases.values()]
 
+    def notify(self) -> None:
+        """Wake `wait_for` callers (a job thread calls this when it finishes)."""
+        with self._changed:
+            self._changed.notify_all()
+
+    def wait_for(self, done: threading.Event) -> bool:
+        """Block until `done` is set (True) or the scope closes first (False)."""
+        with self._changed:
+            while not done.is_set() and not self.closed.is_set():
+                self._changed.wait()
+        return done.is_set()
+
     def close(self) -> None:
         """Cancel every running job (none promotes after this returns); refuse new ones."""
         with self._lock:
             self.closed.set()
             leases = list(self._leases.values())
+        self.notify()
         for lease in leases:
             lease.cancel()
             log.info("event=job_cancelled name=%s", lease.name)
