@@ -15,6 +15,7 @@ import torch
 from batch_jobs import faults
 from server.app import bootstrap_in_background, build_server
 from server.config import load_config
+from server.jobs import JOB_THREAD_PREFIX
 from server.logs import setup_logging
 from server.supervisor import PARENT_ENV, Children, die_with_parent
 
@@ -57,7 +58,18 @@ def main(argv: list[str] | None = None) -> int:
     children.signal()
     app.stop()  # returns within the grace period: running jobs are cancelled, not awaited
     children.wait(cfg.grace_s)
-    log.info("event=exit")
+    left = [
+        t.name
+        for t in threading.enumerate()
+        if t.name.startswith(JOB_THREAD_PREFIX) and t.is_alive()
+    ]
+    log.info("event=exit cancelled_job_threads=%s", left)
+    if left:
+        # A cancelled job may sit in torch/C++ code: interpreter finalisation would kill its
+        # daemon thread there and abort the process (std::terminate). Everything durable is
+        # closed by now (ledger, pool, leases released), so leave without finalising.
+        logging.shutdown()
+        os._exit(0)
     return 0
 
 

@@ -25,6 +25,8 @@ from postclf_errors import JobCancelledError
 from store.lease import JobScope
 from store.ledger import Ledger
 
+JOB_THREAD_PREFIX = "job-"  # the daemon threads jobs run in (see server/__main__.py)
+
 
 def _job(module: str, name: str) -> Any:
     return getattr(importlib.import_module(f"batch_jobs.{module}"), name)
@@ -82,7 +84,7 @@ class Jobs:
                 done.set()
                 self.scope.notify()
 
-        threading.Thread(target=target, name=f"job-{name}", daemon=True).start()
+        threading.Thread(target=target, name=f"{JOB_THREAD_PREFIX}{name}", daemon=True).start()
         if not self.scope.wait_for(done):
             raise JobCancelledError(
                 f"job {name!r} cancelled: the server is shutting down (nothing promoted)"
