@@ -3,8 +3,8 @@
 `python -m server` arms them from `fault_points` (POSTCLF_FAULT_POINTS, e.g.
 "retrain.before_promote=kill"): never set it in production. Actions at a point:
   kill  SIGKILL this process (a crash at exactly that point);
-  term  SIGTERM this process, wait until its shutdown has begun, then go on (a shutdown that
-        starts exactly there);
+  term  SIGTERM this process, wait until its shutdown has begun and cancelled the jobs,
+        then go on (a shutdown that starts exactly there);
   hang  block this thread forever (a job far slower than the grace period).
 """
 
@@ -36,7 +36,7 @@ def arm(spec: str) -> dict[str, str]:
 
 
 def shutdown_began() -> None:
-    """The server calls this when its shutdown starts (releases a `term` point)."""
+    """The server calls this once its shutdown cancelled the jobs (releases a `term` point)."""
     _shutdown.set()
 
 

@@ -65,11 +65,11 @@ class App:
         self._stopped.set()
         grace = self.cfg.grace_s if grace is None else grace
         log.info("event=shutdown_started grace_s=%s", grace)
-        fault_points.shutdown_began()
         self.health.enter_graceful_shutdown()
         # Jobs first: from here on none promotes, and their callers get UNAVAILABLE now
         # instead of holding the grace period (their threads die with the process).
         self.service.jobs.scope.close()
+        fault_points.shutdown_began()  # after close(): a `term` fault point resumes cancelled
         self.server.stop(grace).wait()
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)

@@ -200,8 +200,11 @@ class JobScope:
             leases = list(self._leases.values())
         for lease in leases:
             lease.stop()
-            if lease.ledger.release_lock(lease.name, lease.owner):
-                lease.ledger.abandon_running_jobs(lease.name, "cancelled")
+            try:  # the job may be closing its ledger right now: never fail the shutdown
+                if lease.ledger.release_lock(lease.name, lease.owner):
+                    lease.ledger.abandon_running_jobs(lease.name, "cancelled")
+            except Exception:
+                log.exception("event=lease_release_failed name=%s", lease.name)
         return [lease.name for lease in leases]
 
 
