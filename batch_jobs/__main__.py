@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from batch_jobs.config import JobConfig, Paths
+from postclf_errors import JobBusyError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reviews.npz"
 
@@ -58,9 +59,20 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         print(f"{name:<22} {secs:>9.3f}")
 
 
+EXIT_NOT_RUN = 3  # the job did not run: a live process holds its lease (as server.client)
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     args = parse_args(argv)
+    try:
+        return _run(args)
+    except JobBusyError as err:
+        print(f"{args.command}: the job did not run: {err}", file=sys.stderr)
+        return EXIT_NOT_RUN
+
+
+def _run(args: argparse.Namespace) -> int:
     paths, cfg = build(args)
     if args.command == "nightly":
         from batch_jobs.nightly import run_nightly

@@ -36,3 +36,10 @@ def test_cli_dry_run_and_bootstrap_noop(paths, capsys):
     assert out["status"] == "dry_run" and len(out["post_ids"]) == 20
     assert main(["--home", str(paths.home), "--json", "bootstrap", "--data", str(SMALL)]) == 0
     assert json.loads(capsys.readouterr().out) == {"current_version": "v0001"}
+
+
+def test_cli_exits_3_when_the_lease_is_held_elsewhere(paths, capsys):
+    with Ledger(paths.ledger) as ledger:
+        assert ledger.acquire_lock("nightly", "otherhost:1:abcd", ttl_s=3600)
+    assert main(["--home", str(paths.home), "nightly"]) == 3
+    assert "did not run" in capsys.readouterr().err
