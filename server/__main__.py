@@ -22,6 +22,12 @@ from server.supervisor import PARENT_ENV, Children, die_with_parent
 log = logging.getLogger("server")
 
 
+def _overdue(grace_s: float) -> None:
+    log.error("event=shutdown_overdue grace_s=%s action=exit", grace_s)
+    logging.shutdown()
+    os._exit(1)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m server", description=__doc__)
     parser.add_argument(
@@ -55,6 +61,9 @@ def main(argv: list[str] | None = None) -> int:
         bootstrap_in_background(app, cfg.bootstrap_data)
     while not stop.wait(1.0):
         children.check()
+    watchdog = threading.Timer(cfg.grace_s + 5, _overdue, args=(cfg.grace_s,))
+    watchdog.daemon = True
+    watchdog.start()  # the exit bound holds even if some part of the shutdown hangs
     children.signal()
     app.stop()  # returns within the grace period: running jobs are cancelled, not awaited
     children.wait(cfg.grace_s)
