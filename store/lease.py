@@ -2,10 +2,10 @@
 
 Every job (nightly, retrain, bootstrap) runs inside `job_lease(...)`. The lease row expires
 `ttl_s` after the last heartbeat, so a holder killed with SIGKILL blocks the next run for at
-most ~`ttl_s`; on the same host the next run takes it over at once when the holder's pid is
-dead (owner strings are `host:pid:rand`). Taking a lease marks the job's runs still recorded
-as `running` as `abandoned` (the lease proves their process is gone) and runs `on_acquire`
-(e.g. removal of a dead run's temporary export folders).
+most ~`ttl_s`; on the same host (and pid namespace) the next run takes it over at once when the
+holder's pid is dead (owner strings are `host:pid:rand`). Taking a lease marks the job's
+runs still recorded as `running` as `abandoned` (the lease proves their process is gone)
+and runs `on_acquire` (e.g. removal of a dead run's temporary export folders).
 
 A `JobScope` groups the leases of one server: `close()` at shutdown cancels them, so that a
 job checking `lease.guard()` before it promotes never promotes after shutdown began, and
@@ -38,9 +38,22 @@ _HELD: set[str] = set()  # owners of the leases this process holds (or is acquir
 _HELD_LOCK = threading.Lock()
 
 
+def _host_id() -> str:
+    """The hostname plus this process's pid-namespace id: two containers that share a
+    hostname (host networking) but not a pid namespace must not judge each other's pids."""
+    try:
+        ns = os.readlink("/proc/self/ns/pid")  # "pid:[4026531836]"
+    except OSError:
+        return socket.gethostname()
+    return f"{socket.gethostname()}~{''.join(c for c in ns if c.isdigit())}"
+
+
+HOST_ID = _host_id()
+
+
 def new_owner() -> str:
-    """`host:pid:rand`, unique per lease taken."""
-    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+    """`host:pid:rand` (host = HOST_ID), unique per lease taken."""
+    return f"{HOST_ID}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
 
 
 def _pid_alive(pid: int) -> bool:
@@ -58,11 +71,12 @@ def _pid_alive(pid: int) -> bool:
 
 
 def owner_is_gone(owner: str) -> bool:
-    """True only when `owner` (host:pid:rand) is provably dead: same host, and its pid is
+    """True only when `owner` (host:pid:rand) is provably dead: same host and pid namespace
+    (HOST_ID), and its pid is
     not running, or it is this very pid but not a lease this process holds (pid reuse after a
     restart, common in containers). Other hosts and unparsable owners: never (wait for TTL)."""
     parts = owner.split(":")
-    if len(parts) != 3 or parts[0] != socket.gethostname() or not parts[1].isdigit():
+    if len(parts) != 3 or parts[0] != HOST_ID or not parts[1].isdigit():
         return False
     pid = int(parts[1])
     if pid == os.getpid():

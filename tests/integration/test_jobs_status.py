@@ -4,7 +4,6 @@ UNAVAILABLE once shutdown began; a lease left by a dead process is cleaned up at
 from __future__ import annotations
 
 import json
-import socket
 import subprocess
 import sys
 import threading
@@ -18,6 +17,7 @@ import pytest
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
 from server.client import EXIT_NOT_RUN, main
+from store.lease import HOST_ID
 from store.ledger import Ledger
 from tests.integration.support import Running, SmallData, install_model
 
@@ -68,7 +68,7 @@ def test_start_cleans_up_after_a_dead_nightly(
     install_model(model_registry, home)
     dead = subprocess.Popen([sys.executable, "-c", "pass"])
     dead.wait()
-    _hold(home, "nightly", f"{socket.gethostname()}:{dead.pid}:dead0001")
+    _hold(home, "nightly", f"{HOST_ID}:{dead.pid}:dead0001")
     with Ledger(home / "ledger.db") as ledger:
         run = ledger.start_job("nightly")
     (home / "exports" / ".tmp-q20260101-v0001-dead").mkdir(parents=True)

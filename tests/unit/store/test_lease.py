@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import socket
 import subprocess
 import sys
 import time
@@ -13,10 +12,10 @@ from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import remove_stale_exports
 from batch_jobs.leases import recover_all
 from postclf_errors import JobBusyError, JobCancelledError, LeaseLostError
-from store.lease import JobScope, job_lease, owner_is_gone
+from store.lease import HOST_ID, JobScope, job_lease, owner_is_gone
 from store.ledger import Ledger
 
-HOST = socket.gethostname()
+HOST = HOST_ID
 
 
 @pytest.fixture
@@ -70,6 +69,12 @@ def test_a_holder_elsewhere_is_waited_for_until_its_lease_expires(ledger):
     assert ledger.acquire_lock("retrain", "otherhost:1:abcd1234", ttl_s=-1)  # expired now
     with job_lease(ledger, "retrain"):
         pass
+
+
+def test_same_hostname_in_another_pid_namespace_is_not_judged_by_pid():
+    import socket
+
+    assert not owner_is_gone(f"{socket.gethostname()}~1:{_dead_pid()}:abcd1234")
 
 
 def test_this_pid_with_a_lease_it_does_not_hold_is_a_previous_incarnation(ledger):
