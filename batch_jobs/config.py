@@ -6,9 +6,39 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batch_jobs.active_step import QueryConfig
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """How a query is chosen."""
+
+    strategy: str = "margin"  # random | least_confidence | margin | entropy | bald
+    query_size: int = 20
+    candidate_factor: int = 10  # diversity/balance pick from the top factor·q by score
+    diversity: str | None = None  # None | "kmeans" | "kcenter"
+    balance: bool = False  # cap each predicted class at its share of the query
+    mc_samples: int = 20  # T for MC-Dropout strategies (bald)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and in what pieces the pool is scored (the query does not depend on it)."""
+
+    engine: str = "local"  # local: this process (or `workers` processes); ray: Ray Data
+    workers: int = 1  # scoring processes (local) or actors (ray)
+    torch_threads: int = 1  # intra-op threads per worker, set explicitly in each
+    chunk_rows: int = 16_384  # posts scored per chunk: memory ∝ this, never the pool
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidInputError(f"must be one of {ENGINES}", "engine")
+        if self.workers < 1 or self.chunk_rows < 1 or self.torch_threads < 1:
+            raise InvalidInputError("workers, chunk_rows, torch_threads must be >= 1", "engine")
 
 
 @dataclass(frozen=True)
@@ -49,9 +79,12 @@ class JobConfig:
     holdout_fraction: float = 0.15  # share of new posts (by sha1 of id) kept for the gate
     query_ttl_days: int = 7  # open queries older than this are closed by the nightly job
     seed: int = 0  # query randomness: the generator is seeded with (seed, night)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # how the pool is scored
     lock_ttl_s: float = 6 * 3600.0  # a crashed job's lock is taken over after this
     ledger_synchronous: str = "FULL"  # FULL: a committed label survives a power loss
-    pool_flush_rows: int = 4096  # rows buffered before the pool writes a segment
+    pool_dtype: str = "float32"  # embedding storage: float32, or float16 (half the disk)
+    pool_days: int = 14  # retention: day partitions older than this are deleted nightly
+    score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
 
     def __post_init__(self) -> None:
@@ -61,6 +94,10 @@ class JobConfig:
             raise InvalidInputError("must be in [0, 1)", "holdout_fraction")
         if self.query_ttl_days < 1:
             raise InvalidInputError("must be >= 1", "query_ttl_days")
+        if self.pool_days < 1:
+            raise InvalidInputError("must be >= 1", "pool_days")
+        if self.score_days < 0:
+            raise InvalidInputError("must be >= 0", "score_days")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
@@ -74,6 +111,8 @@ class JobConfig:
             kwargs["query"] = _build(QueryConfig, kwargs["query"], "jobs.query")
         if isinstance(kwargs.get("train"), dict):
             kwargs["train"] = _build(TrainConfig, kwargs["train"], "jobs.train")
+        if isinstance(kwargs.get("engine"), dict):
+            kwargs["engine"] = _build(EngineConfig, kwargs["engine"], "jobs.engine")
         return cls(**kwargs)
 
 
