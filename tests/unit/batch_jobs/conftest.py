@@ -31,9 +31,7 @@ def job_cfg() -> JobConfig:
     )
     # score_days=14: every night scores the whole retention window, so nights run seconds
     # apart still see the same posts (the default window starts at the last night).
-    return JobConfig(
-        query=QueryConfig(query_size=20), train=train, min_new_labels=5, score_days=14
-    )
+    return JobConfig(query=QueryConfig(query_size=20), train=train, min_new_labels=5, score_days=14)
 
 
 @pytest.fixture(scope="session")
