@@ -74,6 +74,8 @@ def run_scoring(
 def _results(
     clf: Classifier, model: ModelRef | None, task: Task, engine: EngineConfig, refs: list[Any]
 ) -> Iterator[tuple[int, Scored]]:
+    if not refs:
+        return
     if engine.engine == "ray":
         if model is None:
             raise ValueError("the ray engine needs a registry model (ModelRef)")

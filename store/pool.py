@@ -310,7 +310,7 @@ class Pool:
         for mod in MODALITIES:
             dim = (self._dims or {}).get(mod)
             if not dim:
-                arrays[mod] = None
+                arrays[mod] = arrays[f"{mod}_mask"] = None
                 continue
             path = self.root / segment / f"{mod}.bin"
             if rows is None:
@@ -319,8 +319,14 @@ class Pool:
                 ).reshape(-1, dim)
             else:
                 x = np.memmap(path, self.dtype, "r", shape=(stop, dim))[rows]
-            arrays[mod] = x.astype(np.float32)
-        return Views.from_nan_rows(arrays["image"], arrays["text"])
+            x = x.astype(np.float32)
+            # Rows are all-NaN or NaN-free (checked when written): the first column decides.
+            mask = ~np.isnan(x[:, 0]) if len(x) else np.zeros(0, bool)
+            x[~mask] = 0.0
+            arrays[mod], arrays[f"{mod}_mask"] = x, mask
+        return Views(
+            arrays["image"], arrays["text"], arrays.get("image_mask"), arrays.get("text_mask")
+        )
 
     def ids(self, segment: str, rows: np.ndarray) -> list[str]:
         """The post ids of `rows (k,)` of one segment, in that order."""
