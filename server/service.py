@@ -77,6 +77,8 @@ class PostService:
         """Run the nightly job on everything pooled so far; serve what it promoted."""
         self._before_job()
         report = self.jobs.run_nightly(dry_run=dry_run, seed=seed)
+        if not dry_run:
+            self.metrics.observe_nightly(report)
         return report, self._reload()
 
     def retrain(self, force: bool) -> tuple[Any, str | None]:

@@ -96,6 +96,17 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
+def _stored(
+    x: np.ndarray | None, mask: np.ndarray | None, n: int, dim: int, dtype: np.dtype
+) -> np.ndarray:
+    """The rows as stored: `dtype`, a missing view as an all-NaN row (one copy). `(n, dim)`."""
+    if x is None or mask is None:
+        return np.full((n, dim), np.nan, dtype)
+    block = np.array(x, dtype=dtype, order="C")  # a copy, also when the dtype matches
+    block[~mask] = np.nan
+    return block
+
+
 def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
     view = memoryview(data)
     while view:
@@ -193,14 +204,14 @@ class Pool:
             self.check(views)
             dims = self._fix_dims(views)
             at = time.time_ns() if arrived_ns is None else arrived_ns
-            self._write(dims, [str(p) for p in post_ids], views.to_nan_rows(), at, day_of(at))
+            self._write(dims, [str(p) for p in post_ids], views, at, day_of(at))
         return len(post_ids)
 
     def _write(
         self,
         dims: dict[str, int | None],
         ids: list[str],
-        rows: dict[str, np.ndarray | None],
+        views: Views,
         at: int | np.ndarray,
         day: str,
         kept: bool = False,
@@ -213,13 +224,11 @@ class Pool:
         mods = [m for m in MODALITIES if dims[m] is not None]
         n = len(ids)
         for mod in mods:
-            x = rows[mod]
             dim = dims[mod]
             assert dim is not None
-            block = np.full((n, dim), np.nan, self.dtype) if x is None else x.astype(self.dtype)
-            _pwrite_all(
-                seg.fds[f"{mod}.bin"], block.tobytes(), seg.rows * dim * self.dtype.itemsize
-            )
+            x, mask = getattr(views, mod), getattr(views, f"{mod}_mask")
+            block = _stored(x, mask, n, dim, self.dtype)
+            _pwrite_all(seg.fds[f"{mod}.bin"], block.data, seg.rows * dim * self.dtype.itemsize)
         encoded = [p.encode() for p in ids]
         _pwrite_all(seg.fds["ids.bin"], b"".join(encoded), seg.id_bytes)
         for name in ("ids.bin", *(f"{m}.bin" for m in mods)):
@@ -408,7 +417,7 @@ class Pool:
         ids = self.ids(seg.path, hit)
         views = self._views(seg.path, 0, seg.rows, rows=hit)
         with self._lock:  # original arrival times are kept, row by row
-            self._write(self._dims, ids, views.to_nan_rows(), rec["arrived_ns"][hit], "", True)
+            self._write(self._dims, ids, views, rec["arrived_ns"][hit], "", True)
         return int(hit.size)
 
     def _remove_trash(self) -> None:
