@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -114,6 +115,15 @@ class JobConfig:
         if isinstance(kwargs.get("engine"), dict):
             kwargs["engine"] = _build(EngineConfig, kwargs["engine"], "jobs.engine")
         return cls(**kwargs)
+
+
+def load_job_file(path: Path) -> tuple[Path | None, JobConfig]:
+    """`(home, JobConfig)` from a server config file: its top-level `home` and `[jobs]` table
+    (the same table and builder the server uses, so both read one configuration)."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    home = data.get("home")
+    return (Path(home) if home else None), JobConfig.from_dict(data.get("jobs") or {})
 
 
 def _build(kind: type, data: dict[str, Any], where: str) -> Any:
