@@ -151,9 +151,9 @@ def _run(
             with stage("close"):
                 cutoff = datetime.now(UTC) - timedelta(days=cfg.query_ttl_days)
                 report.closed_queries = ledger.close_queries(cutoff.isoformat())
-            with stage("expire"):
-                excluded = _excluded(ledger)
-                report.expired = pool.expire(night - timedelta(days=cfg.pool_days), excluded)
+            with stage("expire"):  # labeled and queried posts keep their embeddings
+                keep = _excluded(ledger)
+                report.expired = pool.expire(night - timedelta(days=cfg.pool_days), keep)
             with stage("retrain"):
                 report.retrain = _retrain_reported(paths, cfg)
         existing = ledger.query_for_night(night.isoformat())

@@ -181,6 +181,15 @@ def score_chunk(
     return full.top(m)
 
 
+def sorted_contains(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`(k,) bool`: which `values` are in `sorted_keys` (sorted, unique). O(k log e): the
+    excluded set is sorted once, not once per chunk as `np.isin` would."""
+    if not sorted_keys.size:
+        return np.zeros(values.shape[0], bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[at] == values
+
+
 # -- sources ----------------------------------------------------------------------------------
 @dataclass(frozen=True)
 class MemoryRef:
@@ -250,7 +259,7 @@ class PoolSource:
     def load(self, ref: object) -> Loaded:
         assert isinstance(ref, ChunkRef)
         chunk = self.pool.load(ref)
-        fresh = ~np.isin(chunk.hashes, self.excluded)
+        fresh = ~sorted_contains(self.excluded, chunk.hashes)
         window = (
             chunk.arrived_ns >= self.since_ns
             if self.since_ns is not None

@@ -101,3 +101,13 @@ def test_the_query_does_not_depend_on_the_runner(paths, job_cfg):
     assert one.status == two.status == "dry_run" and len(one.post_ids) == 20
     assert one.post_ids == two.post_ids
     assert one.eligible == two.eligible == 216
+
+
+def test_sorted_contains_matches_isin():
+    from batch_jobs.scoring import sorted_contains
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**63, 500, dtype=np.uint64))
+    values = np.concatenate([keys[::7], rng.integers(0, 2**63, 300, dtype=np.uint64)])
+    np.testing.assert_array_equal(sorted_contains(keys, values), np.isin(values, keys))
+    assert not sorted_contains(np.zeros(0, np.uint64), values).any()
