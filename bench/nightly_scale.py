@@ -155,7 +155,9 @@ def main(argv: list[str] | None = None) -> int:
         ensure_home(args.home, args.dtype)
     # Nights from today on: retention (pool_days=14) is relative to the night, so a night far
     # from the pool's arrival days would expire the whole pool.
-    results, night = [], datetime.now(UTC).date() - timedelta(days=1)
+    # A night that already has a query would only report it: continue after earlier runs.
+    done = [date.fromisoformat(p.stem[4:14]) for p in args.home.glob("run-*.out.json")]
+    results, night = [], max([datetime.now(UTC).date() - timedelta(days=1), *done])
     base = {"home": str(args.home), "mc_samples": args.mc_samples, "threads": args.threads,
             "chunk_rows": args.chunk_rows, "dtype": args.dtype}  # fmt: skip
     for size in [int(s) for s in args.sizes.split(",")]:
