@@ -201,8 +201,8 @@ class Pool:
         if not len(post_ids):
             return 0
         with self._lock:
+            dims = self._fix_dims(views)  # first (another process may have fixed them)
             self.check(views)
-            dims = self._fix_dims(views)
             at = time.time_ns() if arrived_ns is None else arrived_ns
             self._write(dims, [str(p) for p in post_ids], views, at, day_of(at))
         return len(post_ids)

@@ -215,3 +215,10 @@ def test_record_posts_pools_a_post_once_and_ledgers_it_after(tmp_path):
         assert ledger.known_posts(["x", "y", "z"]).all()
     finally:
         ledger.close()
+
+
+def test_dims_fixed_by_another_process_are_enforced(tmp_path):
+    stale = Pool(tmp_path)  # opened before anything was written
+    Pool(tmp_path).append(ids("a", 2), make_views(2, 0))  # another process fixes the dims
+    with pytest.raises(InvalidInputError):
+        stale.append(ids("b", 2), make_views(2, 0, txt_dim=5))
