@@ -235,8 +235,20 @@ def _account(report: NightlyReport, proposed: ProposedQuery, cfg: JobConfig) -> 
     report.posts_per_s = scanned / secs if secs else 0.0
 
 
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark. Linux's VmHWM, because `ru_maxrss` survives execve:
+    a process started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
 def _peak_rss(report: NightlyReport) -> None:
-    report.peak_rss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    report.peak_rss_mb = peak_rss_mb()
     report.peak_rss_children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
