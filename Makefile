@@ -13,7 +13,7 @@ STUBS := postclf/v1/__init__.py
 $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
-	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev,ray]' --config-settings editable_mode=compat
 	touch $@
 
 $(STUBS): $(PROTOS) $(BIN)/.installed

@@ -76,12 +76,14 @@ def select_query(
     balance: bool = False,
     n_classes: int | None = None,
     eligible: np.ndarray | None = None,
+    tie_keys: np.ndarray | None = None,
 ) -> Selection:
     """Choose `q` rows: `scores (n,)`, `features (n, F)`, `predicted (n,)` → `Selection`.
 
     `diversity`: None | "kmeans" | "kcenter"; `balance`: cap each predicted class at its share.
     Both pick from the top `candidate_factor·q` rows by score. `eligible (n,)` bool restricts
-    the choice (callers usually pass only eligible rows). Same `rng` state, same query.
+    the choice (callers usually pass only eligible rows). `tie_keys (n,)` order equal scores
+    (default: drawn from `rng`). Same `rng` state, same query.
     Raises InvalidInputError(field="q") when fewer than `q` rows are eligible.
     """
     scores, features, predicted = np.asarray(scores), np.asarray(features), np.asarray(predicted)
@@ -95,13 +97,34 @@ def select_query(
         raise InvalidInputError(f"{pool.shape[0]} eligible rows, fewer than q={q}", "q")
     if not np.isfinite(scores[pool]).all():  # ineligible rows may hold anything
         raise InvalidInputError("scores of eligible rows contain NaN or Inf", "scores")
-    m = min(pool.shape[0], q * candidate_factor) if (diversity or balance) else q
-    local = top_candidates(scores[pool], m, rng)  # (m,) into pool, best first
+    m = candidate_count(pool.shape[0], q, candidate_factor, diversity, balance)
+    key = None if tie_keys is None else np.asarray(tie_keys)[pool]
+    local = top_candidates(scores[pool], m, rng, key)  # (m,) into pool, best first
     rows = pool[local]
     cands = Candidates(rows, scores[rows], features[rows], predicted[rows])
+    return select_candidates(cands, q, rng, diversity=diversity, balance=balance)
+
+
+def candidate_count(
+    n: int, q: int, candidate_factor: int, diversity: str | None, balance: bool
+) -> int:
+    """How many top-scored rows the stages choose from: `candidate_factor·q`, or `q` alone."""
+    return min(n, q * candidate_factor) if (diversity or balance) else min(n, q)
+
+
+def select_candidates(
+    cands: Candidates,
+    q: int,
+    rng: np.random.Generator,
+    *,
+    diversity: str | None = None,
+    balance: bool = False,
+) -> Selection:
+    """Run the stages on `cands` (best first by score); `Selection.indices` are `cands.rows`."""
     ranked = build_stage(diversity, balance).rank(cands, q, rng)
     chosen, reasons = ranked.order[:q], ranked.reasons[:q]
     if chosen.shape[0] != q or np.unique(chosen).shape[0] != q:
         raise RuntimeError(f"selection stage returned {chosen.shape[0]} distinct rows, not {q}")
     best_first = np.argsort(chosen, kind="stable")  # candidate position = score rank
-    return Selection(rows[chosen[best_first]].astype(np.int64), reasons[best_first].astype(str))
+    rows = cands.rows[chosen[best_first]]
+    return Selection(rows.astype(np.int64), reasons[best_first].astype(str))

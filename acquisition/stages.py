@@ -47,13 +47,18 @@ class TopScore:
         return Ranked(np.arange(m), np.full(m, TOP_SCORE, dtype=object))
 
 
-def top_candidates(scores: np.ndarray, m: int, rng: np.random.Generator) -> np.ndarray:
+def top_candidates(
+    scores: np.ndarray, m: int, rng: np.random.Generator, key: np.ndarray | None = None
+) -> np.ndarray:
     """Indices of the `m` highest scores, best first; equal scores in random order.
 
-    O(n) partition plus a sort of `m` rows, so a 10M pool costs no full sort. `(n,)` → `(m,)`.
+    The order is by (score descending, `key` ascending); `key (n,)` defaults to uniform draws
+    from `rng` for every row (a streaming scorer passes the keys it drew chunk by chunk, which
+    makes its top-m exactly this one). O(n) partition plus a sort of `m` rows. → `(m,)`.
     """
     n = scores.shape[0]
-    key = np.asarray(rng.random(n))  # (n,) tie-break; drawn for every row: fixed rng use
+    if key is None:
+        key = np.asarray(rng.random(n))  # (n,) tie-break; drawn for every row: fixed rng use
     if m < n:
         thr = np.partition(scores, n - m)[n - m]  # m-th largest score
         above = np.flatnonzero(scores > thr)

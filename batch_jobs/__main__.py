@@ -1,4 +1,6 @@
-"""CLI: `python -m batch_jobs {nightly,retrain,bootstrap} [--home DIR]`; prints the report."""
+"""CLI: `python -m batch_jobs [--config FILE] [--home DIR] {nightly,retrain,bootstrap}`.
+
+Reads the same `[jobs]` table of the config file as the server; prints the report."""
 
 from __future__ import annotations
 
@@ -12,7 +14,7 @@ from datetime import date
 from pathlib import Path
 from typing import Any
 
-from batch_jobs.config import JobConfig, Paths
+from batch_jobs.config import JobConfig, Paths, load_job_file
 from postclf_errors import JobBusyError
 
 DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reviews.npz"
@@ -22,12 +24,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     ap = argparse.ArgumentParser(prog="python -m batch_jobs", description=__doc__)
     ap.add_argument("--home", type=Path, default=None, help="state folder (env POSTCLF_HOME)")
     ap.add_argument("--json", action="store_true", help="print the report as JSON only")
+    ap.add_argument(
+        "--config", type=Path, default=None,
+        help="server config file: its home and [jobs] table (env POSTCLF_CONFIG)",
+    )  # fmt: skip
     sub = ap.add_subparsers(dest="command", required=True)
     night = sub.add_parser("nightly", help="retrain, propose and export tonight's query")
     night.add_argument("--dry-run", action="store_true", help="write nothing, show the query")
     night.add_argument("--night", type=date.fromisoformat, default=None, help="YYYY-MM-DD")
     night.add_argument("--strategy", default=None, help="override the query strategy")
     night.add_argument("--query-size", type=int, default=None)
+    night.add_argument("--engine", choices=["local", "ray"], default=None, help="scoring engine")
+    night.add_argument("--workers", type=int, default=None, help="scoring processes or actors")
     re = sub.add_parser("retrain", help="fold new labels in and gate the candidate")
     re.add_argument("--force", action="store_true", help="even with few new labels")
     boot = sub.add_parser("bootstrap", help="train and promote the first model if none exists")
@@ -37,8 +45,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 
 def build(args: argparse.Namespace) -> tuple[Paths, JobConfig]:
     """Entry point: the one place that reads the environment."""
-    home = args.home or Path(os.environ.get("POSTCLF_HOME", "var"))
-    cfg = JobConfig()
+    config = args.config or os.environ.get("POSTCLF_CONFIG")
+    file_home, cfg = load_job_file(Path(config)) if config else (None, JobConfig())
+    home = args.home or Path(os.environ.get("POSTCLF_HOME") or file_home or "var")
+    if getattr(args, "engine", None) or getattr(args, "workers", None):
+        engine = replace(
+            cfg.engine,
+            engine=args.engine or cfg.engine.engine,
+            workers=args.workers or cfg.engine.workers,
+        )
+        cfg = replace(cfg, engine=engine)
     if getattr(args, "strategy", None) or getattr(args, "query_size", None):
         query = replace(
             cfg.query,

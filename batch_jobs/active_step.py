@@ -8,53 +8,88 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 
 from acquisition.scores import STRATEGIES
-from acquisition.selection import select_query
+from acquisition.selection import candidate_count, select_candidates
+from acquisition.stages import Candidates
+from batch_jobs.config import EngineConfig, QueryConfig
+from batch_jobs.runners import ModelRef, Task, run_scoring
+from batch_jobs.scoring import MemorySource, Scored, Source
 from model.classifier import Classifier
 from model.data import Views
 from model.training import LabeledViews, TrainConfig, finetune_active, train_passive
 
+__all__ = ["ProposedQuery", "QueryConfig", "fold_in", "propose", "propose_query"]
 
-@dataclass(frozen=True)
-class QueryConfig:
-    """How a query is chosen."""
-
-    strategy: str = "margin"  # random | least_confidence | margin | entropy | bald
-    query_size: int = 20
-    candidate_factor: int = 10  # diversity/balance pick from the top factor·q by score
-    diversity: str | None = None  # None | "kmeans" | "kcenter"
-    balance: bool = False  # cap each predicted class at its share of the query
-    mc_samples: int = 20  # T for MC-Dropout strategies (bald)
+STAGE_STREAM = 0x5E1EC7  # seeds the selection stages' generator, apart from the chunks'
 
 
 @dataclass(frozen=True)
 class ProposedQuery:
-    """Chosen rows (indices into the scored views), best first, with why each was kept."""
+    """Chosen rows, best first, with why each was kept. A row is `(parts[i], indices[i])`:
+    a pool segment and a row in it, or (0, row) for in-memory views."""
 
     indices: np.ndarray  # (q,) int64
+    parts: np.ndarray  # (q,) int64
     scores: np.ndarray  # (q,) strategy score, higher = asked first
     predicted: np.ndarray  # (q,) predicted class id
     confidence: np.ndarray  # (q,) probability of the predicted class
     reasons: np.ndarray  # (q,) str: which stage kept the row
     timings: dict[str, float] = field(default_factory=dict)  # seconds: scoring, selection
+    counts: dict[str, Any] = field(default_factory=dict)  # scored, skipped, histogram, scores
 
 
-def score_pool(
-    clf: Classifier, views: Views, cfg: QueryConfig, rng: np.random.Generator
-) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """`(scores (n,), probs (n, C), features (n, F))` for every row of `views`."""
-    strategy = STRATEGIES[cfg.strategy]
-    need_features = cfg.diversity is not None
-    pred = clf.predict(views, with_features=need_features)
-    if strategy.needs_mc:
-        scores = strategy.score(clf.predict_mc(views, cfg.mc_samples, rng), rng)
-    else:
-        scores = strategy.score(pred.probs, rng)
-    feats = pred.features if pred.features is not None else np.empty((len(views), 0), np.float32)
-    return scores, pred.probs, feats
+def propose(
+    clf: Classifier,
+    model: ModelRef | None,
+    source: Source,
+    cfg: QueryConfig,
+    engine: EngineConfig,
+    seed: tuple[int, ...],
+    progress: bool = False,
+) -> ProposedQuery:
+    """Stream-score `source`, then diversity and balance on the best `candidate_factor·q`.
+
+    A pool with fewer eligible posts than `query_size` gives all of them. Same seed, same
+    query, whatever the engine, worker count or chunk order."""
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}")
+    t0 = time.perf_counter()
+    m = candidate_count(1 << 62, cfg.query_size, cfg.candidate_factor, cfg.diversity, cfg.balance)
+    scored = run_scoring(clf, model, Task(source, cfg, m, seed), engine, progress).distinct()
+    t1 = time.perf_counter()
+    q = min(cfg.query_size, len(scored.rows))
+    counts = _counts(scored, clf.classes)
+    if q == 0:
+        return _chosen(scored, np.zeros(0, np.int64), np.zeros(0, str), t1 - t0, 0.0, counts)
+    cands = Candidates(
+        np.arange(len(scored.rows)), scored.scores, scored.features, scored.predicted
+    )
+    stage_rng = np.random.default_rng([*seed, STAGE_STREAM])
+    sel = select_candidates(cands, q, stage_rng, diversity=cfg.diversity, balance=cfg.balance)
+    return _chosen(scored, sel.indices, sel.reasons, t1 - t0, time.perf_counter() - t1, counts)
+
+
+def _counts(scored: Scored, classes: list[str]) -> dict[str, Any]:
+    return {
+        "scored": scored.scored,
+        "skipped": dict(scored.skipped),
+        "predicted_histogram": dict(zip(classes, scored.histogram.tolist(), strict=True)),
+        "score_summary": scored.summary(),
+    }
+
+
+def _chosen(
+    s: Scored, pos: np.ndarray, reasons: np.ndarray, t_score: float, t_sel: float, counts: dict
+) -> ProposedQuery:
+    return ProposedQuery(
+        indices=s.rows[pos], parts=s.part[pos], scores=s.scores[pos], predicted=s.predicted[pos],
+        confidence=s.confidence[pos], reasons=reasons,
+        timings={"scoring": t_score, "selection": t_sel}, counts=counts,
+    )  # fmt: skip
 
 
 def propose_query(
@@ -63,36 +98,11 @@ def propose_query(
     eligible: np.ndarray,
     cfg: QueryConfig,
     rng: np.random.Generator,
+    chunk_rows: int = 16_384,
 ) -> ProposedQuery:
-    """Pick `cfg.query_size` rows among `eligible (n,) bool` (unlabeled, not already queried)."""
-    if cfg.strategy not in STRATEGIES:
-        raise ValueError(f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}")
-    rows = np.flatnonzero(eligible)
-    t0 = time.perf_counter()
-    scores, probs, feats = score_pool(clf, views.take(rows), cfg, rng)
-    t1 = time.perf_counter()
-    predicted = probs.argmax(1)
-    sel = select_query(
-        scores,
-        feats,
-        predicted,
-        cfg.query_size,
-        rng,
-        candidate_factor=cfg.candidate_factor,
-        diversity=cfg.diversity,
-        balance=cfg.balance,
-        n_classes=probs.shape[1],
-    )
-    t2 = time.perf_counter()
-    local = sel.indices
-    return ProposedQuery(
-        indices=rows[local],
-        scores=scores[local],
-        predicted=predicted[local],
-        confidence=probs[local, predicted[local]],
-        reasons=sel.reasons,
-        timings={"scoring": t1 - t0, "selection": t2 - t1},
-    )
+    """`propose` over in-memory views (the simulator): rows among `eligible (n,) bool`."""
+    seed = tuple(int(x) for x in rng.integers(0, 2**32, 2))
+    return propose(clf, None, MemorySource(views, eligible, chunk_rows), cfg, EngineConfig(), seed)
 
 
 def fold_in(

@@ -22,6 +22,7 @@ from postclf_errors import InvalidInputError
 from store.lease import Lease
 from store.ledger import LabelRow, Ledger
 from store.pool import Pool
+from store.posts import PostBatch, record_posts
 
 LOCK = BOOTSTRAP
 ASSESSOR = "dataset"
@@ -45,10 +46,12 @@ def seed_stores(paths: Paths, cfg: JobConfig, ledger: Ledger, data: dict[str, np
     """Pool every train/val row; ledger them as seed posts labeled by "dataset" (val = holdout)."""
     views = Views.from_nan_rows(data["image"], data["text"])
     ids = data["post_id"]
-    pool = Pool(paths.pool, cfg.pool_flush_rows)
-    pool.append(ids, views)
-    pool.flush()
-    ledger.add_posts(ids.tolist(), "seed", holdout=(data["split"] == "val").tolist())
+    pool = Pool(paths.pool, cfg.pool_dtype)
+    try:
+        holdout = (data["split"] == "val").tolist()
+        record_posts(pool, ledger, PostBatch(ids.tolist(), views, "seed", holdout=holdout))
+    finally:
+        pool.close()
     names = data["class_names"].astype(str)
     ledger.add_labels(
         [LabelRow(p, ASSESSOR, str(names[c])) for p, c in zip(ids, data["label"], strict=True)]

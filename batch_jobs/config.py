@@ -2,13 +2,44 @@
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
-from batch_jobs.active_step import QueryConfig
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
+
+ENGINES = ("local", "ray")
+
+
+@dataclass(frozen=True)
+class QueryConfig:
+    """How a query is chosen."""
+
+    strategy: str = "margin"  # random | least_confidence | margin | entropy | bald
+    query_size: int = 20
+    candidate_factor: int = 10  # diversity/balance pick from the top factor·q by score
+    diversity: str | None = None  # None | "kmeans" | "kcenter"
+    balance: bool = False  # cap each predicted class at its share of the query
+    mc_samples: int = 20  # T for MC-Dropout strategies (bald)
+
+
+@dataclass(frozen=True)
+class EngineConfig:
+    """Where and in what pieces the pool is scored (the query does not depend on it)."""
+
+    engine: str = "local"  # local: this process (or `workers` processes); ray: Ray Data
+    workers: int = 1  # scoring processes (local) or actors (ray)
+    torch_threads: int = 1  # intra-op threads per worker, set explicitly in each
+    chunk_rows: int = 16_384  # posts scored per chunk: memory ∝ this, never the pool
+    ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+
+    def __post_init__(self) -> None:
+        if self.engine not in ENGINES:
+            raise InvalidInputError(f"must be one of {ENGINES}", "engine")
+        if self.workers < 1 or self.chunk_rows < 1 or self.torch_threads < 1:
+            raise InvalidInputError("workers, chunk_rows, torch_threads must be >= 1", "engine")
 
 
 @dataclass(frozen=True)
@@ -49,12 +80,15 @@ class JobConfig:
     holdout_fraction: float = 0.15  # share of new posts (by sha1 of id) kept for the gate
     query_ttl_days: int = 7  # open queries older than this are closed by the nightly job
     seed: int = 0  # query randomness: the generator is seeded with (seed, night)
+    engine: EngineConfig = field(default_factory=EngineConfig)  # how the pool is scored
     # Job leases (store.lease): renewed every lock_heartbeat_s while the job runs; a killed
     # holder's lease expires lock_ttl_s after its last heartbeat (at once on the same host).
     lock_ttl_s: float = 60.0
     lock_heartbeat_s: float = 15.0
     ledger_synchronous: str = "FULL"  # FULL: a committed label survives a power loss
-    pool_flush_rows: int = 4096  # rows buffered before the pool writes a segment
+    pool_dtype: str = "float32"  # embedding storage: float32, or float16 (half the disk)
+    pool_days: int = 14  # retention: day partitions older than this are deleted nightly
+    score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
 
     def __post_init__(self) -> None:
@@ -66,6 +100,10 @@ class JobConfig:
             raise InvalidInputError("must be >= 1", "query_ttl_days")
         if not 0 < self.lock_heartbeat_s < self.lock_ttl_s:
             raise InvalidInputError("need 0 < lock_heartbeat_s < lock_ttl_s", "lock_heartbeat_s")
+        if self.pool_days < 1:
+            raise InvalidInputError("must be >= 1", "pool_days")
+        if self.score_days < 0:
+            raise InvalidInputError("must be >= 0", "score_days")
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
@@ -79,7 +117,18 @@ class JobConfig:
             kwargs["query"] = _build(QueryConfig, kwargs["query"], "jobs.query")
         if isinstance(kwargs.get("train"), dict):
             kwargs["train"] = _build(TrainConfig, kwargs["train"], "jobs.train")
+        if isinstance(kwargs.get("engine"), dict):
+            kwargs["engine"] = _build(EngineConfig, kwargs["engine"], "jobs.engine")
         return cls(**kwargs)
+
+
+def load_job_file(path: Path) -> tuple[Path | None, JobConfig]:
+    """`(home, JobConfig)` from a server config file: its top-level `home` and `[jobs]` table
+    (the same table and builder the server uses, so both read one configuration)."""
+    with open(path, "rb") as f:
+        data = tomllib.load(f)
+    home = data.get("home")
+    return (Path(home) if home else None), JobConfig.from_dict(data.get("jobs") or {})
 
 
 def _build(kind: type, data: dict[str, Any], where: str) -> Any:

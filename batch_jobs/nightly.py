@@ -1,16 +1,20 @@
-"""The nightly job: retrain on new labels → read the pool → propose a query → export → record.
+"""The nightly job: close old queries → expire old pool days → retrain → stream-score the
+scoring window → select → record → export.
 
-Safe to re-run: one query per night (a second run for the same night returns the existing one,
-re-exporting it if its export is missing); one run at a time across replicas (ledger lock).
+Memory does not grow with the pool: the pool is read chunk by chunk and only the best
+`candidate_factor·q` rows survive a chunk (`batch_jobs.scoring`). Safe to re-run: one query per
+night (a second run for the same night returns the existing one, re-exporting it if its export
+is missing); one run at a time across replicas (ledger lock).
 """
 
 from __future__ import annotations
 
 import logging
+import resource
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
-from dataclasses import asdict, dataclass, field, replace
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
+from dataclasses import asdict, dataclass, field
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any
@@ -18,20 +22,19 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from batch_jobs.active_step import ProposedQuery, propose_query
+from batch_jobs.active_step import ProposedQuery, propose
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
 from batch_jobs.leases import nightly_lease
 from batch_jobs.retrain import retrain
-from model.classifier import Classifier
-from model.data import Views
+from batch_jobs.runners import ModelRef
+from batch_jobs.scoring import PoolSource
 from model.registry import ModelRegistry
 from store.ledger import Ledger, QueryItem, QueryRecord
-from store.pool import Pool
+from store.pool import Pool, id_hashes
 
 log = logging.getLogger(__name__)
-LOCK = "nightly"
-STAGES = ("close", "retrain", "read_pool", "eligible", "propose", "record", "export")
+STAGES = ("close", "expire", "retrain", "plan", "score", "record", "export")
 
 
 @dataclass
@@ -43,12 +46,21 @@ class NightlyReport:
     export_path: str | None = None
     model_version: str | None = None  # the model that chose the query
     retrain: dict[str, Any] | None = None  # RetrainReport.to_dict(), or a failure
-    pool_size: int = 0
-    eligible: int = 0
+    pool_size: int = 0  # rows in the pool after expiry
+    eligible: int = 0  # posts scored: unlabeled, not queried, in the window, usable
+    skipped: dict[str, int] = field(default_factory=dict)  # pooled rows not scored, by reason
+    expired: int = 0  # rows deleted with their day partitions this night
+    window_since: str | None = None  # scoring window start (None: the whole retention window)
     query_size: int = 0
     post_ids: list[str] = field(default_factory=list)
     closed_queries: list[str] = field(default_factory=list)
+    predicted_histogram: dict[str, int] = field(default_factory=dict)  # over every scored post
+    score_summary: dict[str, float] = field(default_factory=dict)
+    engine: dict[str, Any] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)  # seconds per stage
+    posts_per_s: float = 0.0  # scoring throughput
+    peak_rss_mb: float = 0.0  # this process's high-water mark (workers: see peak_rss_children)
+    peak_rss_children_mb: float = 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -75,6 +87,18 @@ class _Stages:
         self.bar.close()
 
 
+@contextmanager
+def open_stores(paths: Paths, cfg: JobConfig) -> Iterator[tuple[Ledger, Pool]]:
+    """The one way jobs open the ledger and the pool (closed on exit)."""
+    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
+    pool = Pool(paths.pool, cfg.pool_dtype)
+    try:
+        yield ledger, pool
+    finally:
+        pool.close()
+        ledger.close()
+
+
 def run_nightly(
     paths: Paths,
     cfg: JobConfig,
@@ -83,83 +107,144 @@ def run_nightly(
     dry_run: bool = False,
     progress: bool = False,
 ) -> NightlyReport:
-    """Run the nightly job for `night` (default: today, UTC). `dry_run` retrains nothing and
+    """Run the nightly job for `night` (default: today, UTC). `dry_run` retrains, expires and
     writes nothing (no lock, no query, no export): it reports what would be queried."""
     night = night or datetime.now(UTC).date()
     report = NightlyReport(night.isoformat(), "skipped")
-    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    try:
+    with open_stores(paths, cfg) as (ledger, pool):
         if dry_run:
-            return _run(paths, cfg, ledger, night, report, dry_run=True, progress=progress)
-        with nightly_lease(ledger, paths, cfg):  # JobBusyError when a live run holds it
-            return _run_recorded(paths, cfg, ledger, night, report, progress)
-    finally:
-        ledger.close()
-
-
-def _run_recorded(
-    paths: Paths, cfg: JobConfig, ledger: Ledger, night: date, report: NightlyReport, progress: bool
-) -> NightlyReport:
-    run_id = ledger.start_job("nightly")
-    try:
-        _run(paths, cfg, ledger, night, report, dry_run=False, progress=progress)
-    except BaseException as err:
-        ledger.finish_job(run_id, "failed", {"error": repr(err), **report.to_dict()})
-        raise
-    ledger.finish_job(run_id, "ok", report.to_dict())
-    return report
+            return _run(paths, cfg, ledger, pool, night, report, dry_run=True, progress=progress)
+        with nightly_lease(ledger, paths, cfg) as lease:  # JobBusyError: a live run holds it
+            run_id = ledger.start_job("nightly")
+            try:
+                _run(paths, cfg, ledger, pool, night, report, dry_run=False, progress=progress,
+                     commit=lease.guard)  # fmt: skip
+            except BaseException as err:
+                ledger.finish_job(run_id, "failed", {"error": repr(err), **report.to_dict()})
+                raise
+            ledger.finish_job(run_id, "ok", report.to_dict())
+            return report
 
 
 def _run(
     paths: Paths,
     cfg: JobConfig,
     ledger: Ledger,
+    pool: Pool,
     night: date,
     report: NightlyReport,
     *,
     dry_run: bool,
     progress: bool,
+    commit: Callable[[], AbstractContextManager[object]] = nullcontext,
 ) -> NightlyReport:
+    """The stages; `commit` wraps the query's record (the lease's guard: a job cancelled by
+    shutdown or that lost its lease records nothing)."""
     stage = _Stages(report.timings, progress)
     try:
         if not dry_run:
             with stage("close"):
                 cutoff = datetime.now(UTC) - timedelta(days=cfg.query_ttl_days)
                 report.closed_queries = ledger.close_queries(cutoff.isoformat())
+            with stage("expire"):  # labeled and queried posts keep their embeddings
+                keep = _excluded(ledger)
+                report.expired = pool.expire(night - timedelta(days=cfg.pool_days), keep)
             with stage("retrain"):
                 report.retrain = _retrain_reported(paths, cfg)
         existing = ledger.query_for_night(night.isoformat())
         if existing is not None:
             return _existing(paths, ledger, existing, report, dry_run)
-        clf = ModelRegistry(paths.models).load()  # ModelUnavailableError before bootstrap
+        registry = ModelRegistry(paths.models)
+        clf = registry.load()  # ModelUnavailableError before bootstrap
         report.model_version = clf.meta.get("version")
-        with stage("read_pool"):
-            pool = Pool(paths.pool, cfg.pool_flush_rows)
-            if len(pool) == 0:
-                report.status, report.reason = "no_eligible", "the pool is empty"
-                return report
-            ids, views = pool.read()
-            report.pool_size = len(ids)
-        with stage("eligible"):
-            eligible = _eligible(ledger, clf, ids, views)
-            report.eligible = int(eligible.sum())
-        if report.eligible == 0:
+        with stage("plan"):
+            source = _source(paths, cfg, ledger, pool, report)
+        with stage("score"):
+            model = ModelRef(paths.models, str(report.model_version))
+            seed = (cfg.seed, night.toordinal())
+            proposed = propose(clf, model, source, cfg.query, cfg.engine, seed, progress)
+        _account(report, proposed, cfg)
+        if not len(proposed.indices):
             report.status = "no_eligible"
-            report.reason = "every pooled post is labeled or in an open query"
+            report.reason = "no pooled post in the scoring window is unlabeled and unqueried"
             return report
-        with stage("propose"):
-            proposed = _propose(clf, views, eligible, cfg, night)
-            report.timings |= {f"propose.{k}": v for k, v in proposed.timings.items()}
-        items = _items(ids, proposed, clf.classes)
-        report.post_ids = [it.post_id for it in items]
-        report.query_size = len(items)
+        items = _items(pool, source, proposed, clf.classes)
+        report.post_ids, report.query_size = [it.post_id for it in items], len(items)
         if dry_run:
             report.status, report.reason = "dry_run", "nothing was written"
             return report
-        _record_and_export(paths, cfg, ledger, night, report, items, stage)
+        _record_and_export(paths, cfg, ledger, night, report, items, stage, commit)
         return report
     finally:
         stage.close()
+        _peak_rss(report)
+
+
+def _excluded(ledger: Ledger) -> np.ndarray:
+    """Sorted uint64 hashes of labeled and open-query posts (O(labels), never O(pool))."""
+    return np.unique(id_hashes(ledger.excluded_post_ids()))
+
+
+def _window_start(cfg: JobConfig, ledger: Ledger) -> datetime | None:
+    """Posts arrived since then are scored: `score_days` back, or the last successful night."""
+    if cfg.score_days:
+        return datetime.now(UTC) - timedelta(days=cfg.score_days)
+    for run in ledger.job_runs("nightly", limit=100):
+        if run.status == "ok" and (run.report or {}).get("status") == "created":
+            return datetime.fromisoformat(run.started_at)
+    return None  # the first night: the whole retention window
+
+
+def _source(
+    paths: Paths, cfg: JobConfig, ledger: Ledger, pool: Pool, report: NightlyReport
+) -> PoolSource:
+    """What tonight scores: every day segment in the window (the kept partition never)."""
+    since = _window_start(cfg, ledger)
+    report.window_since = since.isoformat() if since else None
+    since_ns = int(since.timestamp() * 1e9) if since else None
+    segments = pool.segments(include_kept=False)
+    report.pool_size = sum(s.rows for s in segments)
+    outside = [s for s in segments if since_ns is not None and s.modified_ns < since_ns]
+    inside = [s for s in segments if s not in outside]
+    report.skipped["outside_window"] = sum(s.rows for s in outside)  # not even read
+    return PoolSource(
+        paths.pool,
+        [s.path for s in inside],
+        pool.chunks(inside, cfg.engine.chunk_rows),
+        _excluded(ledger),
+        since_ns,
+    )
+
+
+def _account(report: NightlyReport, proposed: ProposedQuery, cfg: JobConfig) -> None:
+    counts = proposed.counts
+    report.eligible = int(counts["scored"])
+    for reason, n in counts["skipped"].items():
+        report.skipped[reason] = report.skipped.get(reason, 0) + int(n)
+    report.predicted_histogram = counts["predicted_histogram"]
+    report.score_summary = counts["score_summary"]
+    report.engine = asdict(cfg.engine)
+    report.timings |= {f"score.{k}": v for k, v in proposed.timings.items()}
+    secs = proposed.timings.get("scoring") or 0.0
+    scanned = report.eligible + sum(report.skipped.values()) - report.skipped["outside_window"]
+    report.posts_per_s = scanned / secs if secs else 0.0
+
+
+def peak_rss_mb() -> float:
+    """This process's RSS high-water mark. Linux's VmHWM, because `ru_maxrss` survives execve:
+    a process started by a big parent would report the parent's peak."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_rss(report: NightlyReport) -> None:
+    report.peak_rss_mb = peak_rss_mb()
+    report.peak_rss_children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
 def _retrain_reported(paths: Paths, cfg: JobConfig) -> dict[str, Any]:
@@ -189,41 +274,24 @@ def _existing(
     return report
 
 
-def _eligible(ledger: Ledger, clf: Classifier, ids: np.ndarray, views: Views) -> np.ndarray:
-    """`(n,) bool`: not labeled, not in an open query, and with a view the model can use."""
-    excluded = ledger.labeled_post_ids() | ledger.posts_in_open_queries()
-    fresh = np.fromiter((p not in excluded for p in ids.tolist()), dtype=bool, count=len(ids))
-    cfg = clf.net_config
-    usable = np.zeros(len(ids), dtype=bool)
-    if cfg.image_dim and views.image_mask is not None:
-        usable |= views.image_mask
-    if cfg.text_dim and views.text_mask is not None:
-        usable |= views.text_mask
-    return fresh & usable
-
-
-def _propose(
-    clf: Classifier, views: Views, eligible: np.ndarray, cfg: JobConfig, night: date
-) -> ProposedQuery:
-    """Same seed and night → same query. A pool smaller than the query size gives all of it."""
-    rng = np.random.default_rng([cfg.seed, night.toordinal()])
-    query_cfg = cfg.query
-    if int(eligible.sum()) < query_cfg.query_size:
-        query_cfg = replace(query_cfg, query_size=int(eligible.sum()))
-    return propose_query(clf, views, eligible, query_cfg, rng)
-
-
-def _items(ids: np.ndarray, proposed: ProposedQuery, classes: list[str]) -> list[QueryItem]:
+def _items(
+    pool: Pool, source: PoolSource, proposed: ProposedQuery, classes: list[str]
+) -> list[QueryItem]:
+    """Query items best first; ids are read for the chosen rows only."""
+    ids = [
+        pool.ids(source.segments[part], np.array([row]))[0]
+        for part, row in zip(proposed.parts.tolist(), proposed.indices.tolist(), strict=True)
+    ]
     return [
         QueryItem(
             rank=rank,
-            post_id=str(ids[row]),
+            post_id=ids[rank],
             score=float(proposed.scores[rank]),
             predicted_label=classes[int(proposed.predicted[rank])],
             confidence=float(proposed.confidence[rank]),
             reason=str(proposed.reasons[rank]),
         )
-        for rank, row in enumerate(proposed.indices.tolist())
+        for rank in range(len(ids))
     ]
 
 
@@ -235,6 +303,7 @@ def _record_and_export(
     report: NightlyReport,
     items: list[QueryItem],
     stage: _Stages,
+    commit: Callable[[], AbstractContextManager[object]],
 ) -> None:
     """Record the query first (a crash before the export is repaired by the next run)."""
     query_id = f"q{night:%Y%m%d}-{report.model_version or 'none'}"
@@ -244,7 +313,7 @@ def _record_and_export(
         "eligible": report.eligible,
         "seed": cfg.seed,
     }
-    with stage("record"):
+    with stage("record"), commit():
         ledger.create_query(
             query_id, night.isoformat(), report.model_version, cfg.query.strategy, params, items
         )

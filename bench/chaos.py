@@ -152,7 +152,12 @@ def _load(kind: str, target: str, data: Data, trial: int, acked: Acked, stop: th
 
 
 def _found(home: Path, acked: Acked) -> dict[str, dict[str, int]]:
-    pooled = set(Pool(home / "pool").read()[0].tolist())
+    pool = Pool(home / "pool")
+    pooled = {
+        p
+        for ref in pool.chunks(pool.segments(), 65_536)
+        for p in pool.ids(ref.segment, np.arange(ref.start, ref.stop))
+    }
     with Ledger(home / "ledger.db") as ledger:
         stored = {(p, a, lab) for p, a, lab, _h in ledger.labels()}
         known = {k: ledger.known_posts(sorted(getattr(acked, k))) for k in ("ingest", "classify")}

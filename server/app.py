@@ -153,7 +153,7 @@ def _build_service(
 ) -> PostService:
     jc = jobs.cfg
     ledger = Ledger(paths.ledger, jc.ledger_synchronous, jc.holdout_fraction)
-    pool = Pool(paths.pool, flush_rows=jc.pool_flush_rows)
+    pool = Pool(paths.pool, jc.pool_dtype)
     metrics.pool_size.set_function(lambda: len(pool))
     registry = ModelRegistry(paths.models)
     holder = ModelHolder(registry, cfg.model_poll_s, on_change=_on_model(hs, metrics))

@@ -56,6 +56,32 @@ class Metrics:
             "postclf_labels", "labels received by outcome", ["outcome"], registry=r
         )
 
+        self.nightly_seconds = Gauge(
+            "postclf_nightly_stage_seconds",
+            "wall seconds of each stage of the last nightly run",
+            ["stage"],
+            registry=r,
+        )
+        self.nightly_posts = Gauge(
+            "postclf_nightly_posts",
+            "posts of the last nightly run: scored, expired, skipped_<reason>",
+            ["kind"],
+            registry=r,
+        )
+        self.nightly_rss = Gauge(
+            "postclf_nightly_peak_rss_bytes", "peak RSS after the last nightly run", registry=r
+        )
+
+    def observe_nightly(self, report: Any) -> None:
+        """Per-stage seconds, posts scored/expired/skipped and peak RSS of a nightly report."""
+        for stage, secs in report.timings.items():
+            self.nightly_seconds.labels(stage).set(secs)
+        self.nightly_posts.labels("scored").set(report.eligible)
+        self.nightly_posts.labels("expired").set(report.expired)
+        for reason, n in report.skipped.items():
+            self.nightly_posts.labels(f"skipped_{reason}").set(n)
+        self.nightly_rss.set(report.peak_rss_mb * 2**20)
+
     def observe_batch(self, posts: int, calls: int) -> None:
         self.batch_posts.observe(posts)
         self.batch_calls.observe(calls)

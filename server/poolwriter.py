@@ -1,10 +1,12 @@
-"""Pool and ledger writes of classified posts, off the request's latency path.
+"""Pool and ledger writes of incoming posts: one thread, group commit, a future per call.
 
-Classify hands each call's posts to one background thread that appends the embeddings to the
-pool and records the posts in the ledger, coalescing queued calls into one write. Nothing is
-dropped: a full queue makes callers wait, the pool's buffer is flushed when idle, a failed
-write is logged and counted, `sync()` waits until everything submitted so far is written, and
-`close()` drains the queue and flushes.
+Every call's posts are queued to one background thread that merges what is queued into one
+durable write (`store.posts.record_posts`: pool fsync, then ledger commit), so concurrent calls
+share the fsyncs. `submit` returns a future that resolves once the call's posts are durable:
+IngestPosts waits on it before replying; Classify does not (its pool entry is best effort: a
+crash loses at most what was queued, never leaving the two stores inconsistent). A full queue
+makes callers wait (back-pressure, never a drop); `sync()` waits for everything submitted so
+far; `close()` drains the queue.
 """
 
 from __future__ import annotations
@@ -12,7 +14,8 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-from dataclasses import dataclass
+from concurrent.futures import Future
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -20,6 +23,7 @@ from model.data import Views
 from server.metrics import Metrics
 from store.ledger import Ledger
 from store.pool import Pool
+from store.posts import PostBatch, record_posts
 
 log = logging.getLogger(__name__)
 
@@ -29,50 +33,47 @@ MAX_COALESCE = 64  # queued calls merged into one pool append + one ledger trans
 
 @dataclass(frozen=True)
 class PoolBatch:
-    post_ids: np.ndarray  # (n,) str
+    post_ids: np.ndarray  # (n,) str, distinct within the call
     views: Views
     predicted: list[str] | None  # (n,) class names, None for ingested posts
     model_version: str | None
     source: str  # "classify" | "ingest"
+    done: Future[int] = field(default_factory=Future, compare=False)  # → posts new to the ledger
 
 
-def write_batch(pool: Pool, ledger: Ledger, batch: PoolBatch) -> tuple[int, int]:
-    """Embeddings into the pool first, then ledger rows; returns (new in pool, new in ledger)."""
-    new_pool = pool.append(batch.post_ids, batch.views)
-    new_ledger = ledger.add_posts(
-        batch.post_ids.tolist(),
-        batch.source,
-        predicted_labels=batch.predicted,
-        model_version=batch.model_version,
+def write_group(pool: Pool, ledger: Ledger, group: list[PoolBatch]) -> list[int]:
+    """One durable write for calls sharing source, version and modalities; new posts per call.
+
+    A post sent by two calls of the group counts as new for the first only."""
+    first = group[0]
+    merged: list[tuple[int, int, str]] = []  # (call, row in call, post id)
+    seen: set[str] = set()
+    for k, b in enumerate(group):
+        for i, pid in enumerate(b.post_ids.tolist()):
+            if pid not in seen:
+                seen.add(pid)
+                merged.append((k, i, pid))
+    rows_of = [
+        np.asarray([i for kk, i, _ in merged if kk == k], np.int64) for k in range(len(group))
+    ]
+    views = Views.concat([b.views.take(r) for b, r in zip(group, rows_of, strict=True)])
+    ids = [pid for _, _, pid in merged]
+    owner = [k for k, _, _ in merged]
+    predicted = None
+    if first.predicted is not None:
+        predicted = [group[k].predicted[i] for k, i, _ in merged]  # type: ignore[index]
+    fresh = record_posts(
+        pool, ledger, PostBatch(ids, views, first.source, predicted, first.model_version)
     )
-    return new_pool, new_ledger
-
-
-def _merge(batches: list[PoolBatch]) -> PoolBatch:
-    if len(batches) == 1:
-        return batches[0]
-    first = batches[0]
-    predicted = None if first.predicted is None else [p for b in batches for p in b.predicted or []]
-    return PoolBatch(
-        np.concatenate([b.post_ids for b in batches]),
-        Views.concat([b.views for b in batches]),
-        predicted,
-        first.model_version,
-        first.source,
-    )
+    counts = [0] * len(group)
+    for k, new in zip(owner, fresh.tolist(), strict=True):
+        counts[k] += new
+    return counts
 
 
 class PoolWriter:
-    def __init__(
-        self,
-        pool: Pool,
-        ledger: Ledger,
-        metrics: Metrics,
-        max_pending: int,
-        flush_every_s: float = 5.0,
-    ) -> None:
+    def __init__(self, pool: Pool, ledger: Ledger, metrics: Metrics, max_pending: int) -> None:
         self.pool, self.ledger, self.metrics = pool, ledger, metrics
-        self.flush_every_s = flush_every_s
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._cond = threading.Condition()
         self._submitted = 0
@@ -80,11 +81,13 @@ class PoolWriter:
         self._thread = threading.Thread(target=self._loop, name="pool-writer", daemon=True)
         self._thread.start()
 
-    def submit(self, batch: PoolBatch) -> None:
+    def submit(self, batch: PoolBatch) -> Future[int]:
+        """Queue a call's posts; the future resolves once they are durable (or fails)."""
         with self._cond:
             self._submitted += 1
         self._queue.put(batch)  # blocks when full: back-pressure, never a silent drop
         self.metrics.pool_pending.inc()
+        return batch.done
 
     def sync(self, timeout: float | None = 30.0) -> bool:
         """Wait until every batch submitted before this call is written (or failed)."""
@@ -93,19 +96,14 @@ class PoolWriter:
             return self._cond.wait_for(lambda: self._done >= target, timeout)
 
     def close(self) -> None:
-        """Write everything queued, stop the thread, flush the pool's buffer to disk."""
+        """Write everything queued, stop the thread, close the pool's open segments."""
         if self._thread.is_alive():
             self._queue.put(_STOP)
             self._thread.join()
-        self.pool.flush()
+        self.pool.close()
 
     def _take(self) -> tuple[list[PoolBatch], bool]:
-        while True:
-            try:
-                first = self._queue.get(timeout=self.flush_every_s)
-                break
-            except queue.Empty:
-                self._flush_pool()  # idle: put buffered rows on disk
+        first = self._queue.get()
         if first is _STOP:
             return [], True
         taken: list[PoolBatch] = [first]  # type: ignore[list-item]
@@ -131,19 +129,18 @@ class PoolWriter:
             if stopping:
                 return
 
-    def _flush_pool(self) -> None:
-        try:
-            self.pool.flush()
-        except Exception:
-            log.exception("event=pool_flush_failed")
-
     def _write(self, group: list[PoolBatch]) -> None:
-        n = sum(len(b.post_ids) for b in group)
         try:
-            write_batch(self.pool, self.ledger, _merge(group))
-        except Exception:
+            counts = write_group(self.pool, self.ledger, group)
+        except Exception as err:
             self.metrics.pool_failures.inc(len(group))
+            n = sum(len(b.post_ids) for b in group)
             log.exception("event=pool_write_failed posts=%d", n)
+            for b in group:
+                b.done.set_exception(err)
+            return
+        for b, new in zip(group, counts, strict=True):
+            b.done.set_result(new)
 
 
 def _groups(batches: list[PoolBatch]) -> list[list[PoolBatch]]:

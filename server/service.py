@@ -16,7 +16,7 @@ from server.batcher import Batcher, BatchResult
 from server.jobs import Jobs
 from server.metrics import Metrics
 from server.models import ModelHolder
-from server.poolwriter import PoolBatch, PoolWriter, write_batch
+from server.poolwriter import PoolBatch, PoolWriter
 from store.ledger import Ledger, QueryRecord
 from store.pool import Pool
 
@@ -38,6 +38,8 @@ class PostService:
         self, post_ids: np.ndarray, views: Views, deadline: float | None, skip_pool: bool
     ) -> BatchResult:
         """Predict `(n,)` posts with one model version; queue them for the pool unless skipped."""
+        if not skip_pool:
+            self.pool.check(views)  # the pool's bounds, before any work is acknowledged
         result = self.batcher.predict(views, deadline)
         finite = np.isfinite(result.probs).all(axis=1)  # (n,)
         if not finite.all():  # rows are independent (BN in eval mode): name the first bad post
@@ -54,10 +56,10 @@ class PostService:
         return result
 
     def ingest(self, post_ids: np.ndarray, views: Views) -> tuple[int, int]:
-        """Write posts to pool and ledger now; returns (new, already known)."""
-        _, new = write_batch(
-            self.pool, self.ledger, PoolBatch(post_ids, views, None, None, "ingest")
-        )
+        """Write posts to pool and ledger, durably before returning; returns (new, known)."""
+        self.pool.check(views)
+        done = self.writer.submit(PoolBatch(post_ids, views, None, None, "ingest"))
+        new = done.result()  # group commit with concurrent calls; a failed write raises
         return new, len(post_ids) - new
 
     def submit_labels(self, rows: list[LabelIn]) -> SubmitResult:
@@ -76,13 +78,14 @@ class PostService:
         return self.registry.info(version or served), served
 
     def _before_job(self) -> None:
-        self.writer.sync()
-        self.pool.flush()  # the job reads the pool from disk
+        self.writer.sync()  # the job reads what was classified before it from disk
 
     def run_nightly(self, dry_run: bool, seed: int | None) -> tuple[Any, str | None]:
         """Run the nightly job on everything pooled so far; serve what it promoted."""
         self._before_job()
         report = self.jobs.run_nightly(dry_run=dry_run, seed=seed)
+        if not dry_run:
+            self.metrics.observe_nightly(report)
         return report, self._reload()
 
     def retrain(self, force: bool) -> tuple[Any, str | None]:

@@ -321,6 +321,16 @@ class Ledger:
         )
         return [QueryItem(*r) for r in rows]
 
+    def excluded_post_ids(self) -> Iterator[str]:
+        """Labeled posts and posts in open queries (the nightly never re-queries them),
+        streamed from one cursor so no caller needs them all in memory as strings."""
+        cur = self._conn().execute(
+            "SELECT post_id FROM labels UNION SELECT i.post_id FROM query_items i "
+            "JOIN queries q USING (query_id) WHERE q.status = 'open'"
+        )
+        for (post_id,) in cur:
+            yield post_id
+
     def posts_in_open_queries(self) -> set[str]:
         return {
             r[0]

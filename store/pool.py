@@ -1,21 +1,34 @@
-"""The pool: append-only segments of contiguous float32 `.npy` embeddings, streamed on read.
+"""The pool: unlabeled posts' embeddings in day partitions of append-only columnar segments.
 
-Layout under `root`:
-    meta.json                          {"dims": {"image": 384, "text": 384}} (None = no such view)
-    segments/seg-<ns>-<pid>-<rand>/    ids.npy (n,) str, image.npy / text.npy (n, dim) float32,
-                                       an all-NaN row where the post lacks that view
-A segment is written in a temporary folder and renamed into place, so readers never see a torn
-one. Several processes may append (segment names are unique); `read` de-duplicates by post_id.
+Layout under `root` (every file a raw little-endian array, so a chunk is one contiguous read):
+    meta.json                            {"dims": {"image": 384, "text": 384}, "dtype": "float32"}
+    days/<YYYY-MM-DD>/seg-<ns>-<pid>-<r>/  one writer's segment of posts that arrived that day (UTC)
+        image.bin, text.bin              (n, dim) `dtype`; an all-NaN row = the post lacks that view
+        ids.bin                          the post ids, UTF-8, concatenated (variable length)
+        rows.bin                         (n,) ROW: id hash, arrival ns, end offset in ids.bin
+    kept/seg-...                         labeled / queried rows saved when their day expired
+    .trash-*                             a partition being deleted (removed on the next open)
+
+Durability: `append` writes the embedding and id bytes, fsyncs them, then appends the `rows.bin`
+records and fsyncs that: a row exists once its record is on disk, and its data always is. A
+crash leaves at most an unreferenced tail, which readers ignore and nobody appends after
+(writes go at explicit offsets, and a new process opens a new segment). Nothing is held per
+pooled post in memory: readers stream chunk by chunk, and de-duplication is the ledger's job
+(`store.posts.record_posts` pools only posts the ledger has not seen).
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
+import shutil
 import threading
 import time
 import uuid
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import numpy as np
@@ -23,11 +36,56 @@ import numpy as np
 from model.data import MODALITIES, Views
 from postclf_errors import InvalidInputError
 
+ROW = np.dtype([("hash", "<u8"), ("arrived_ns", "<i8"), ("id_end", "<u8")])
+DTYPES = ("float32", "float16")
+SEGMENT_ROWS = 1 << 16  # rows per segment before a writer opens the next one
+KEPT = "kept"
+_FLOAT16_MAX = 65504.0
 
-@dataclass
-class _Segment:
-    name: str
-    ids: np.ndarray  # (n,) str
+
+def id_hash(post_id: str) -> int:
+    """64-bit hash of a post id (blake2b): eligibility and lookups compare these, not strings."""
+    return int.from_bytes(hashlib.blake2b(post_id.encode(), digest_size=8).digest(), "little")
+
+
+def id_hashes(post_ids: Sequence[str] | Iterator[str]) -> np.ndarray:
+    """`(n,)` uint64 hashes of the ids, in order."""
+    return np.fromiter((id_hash(p) for p in post_ids), dtype=np.uint64)
+
+
+def day_of(ns: int) -> str:
+    return datetime.fromtimestamp(ns / 1e9, UTC).date().isoformat()
+
+
+@dataclass(frozen=True)
+class Segment:
+    """A segment's place and committed size. `path` is relative to the pool root."""
+
+    path: str
+    rows: int
+    modified_ns: int  # last commit (mtime of rows.bin)
+
+    @property
+    def day(self) -> str | None:
+        """Arrival day of its posts, None for the kept partition."""
+        head = self.path.split("/")
+        return head[1] if head[0] == "days" else None
+
+
+@dataclass(frozen=True)
+class ChunkRef:
+    """Rows `[start, stop)` of one segment: small and picklable, so any worker can load it."""
+
+    segment: str
+    start: int
+    stop: int
+
+
+@dataclass(frozen=True)
+class Chunk:
+    hashes: np.ndarray  # (k,) uint64
+    arrived_ns: np.ndarray  # (k,) int64
+    views: Views
 
 
 def _fsync_dir(path: Path) -> None:
@@ -38,223 +96,335 @@ def _fsync_dir(path: Path) -> None:
         os.close(fd)
 
 
-def _save(path: Path, array: np.ndarray) -> None:
-    with open(path, "wb") as f:
-        np.save(f, array, allow_pickle=False)
-        f.flush()
-        os.fsync(f.fileno())
+def _stored(
+    x: np.ndarray | None, mask: np.ndarray | None, n: int, dim: int, dtype: np.dtype
+) -> np.ndarray:
+    """The rows as stored: `dtype`, a missing view as an all-NaN row (one copy). `(n, dim)`."""
+    if x is None or mask is None:
+        return np.full((n, dim), np.nan, dtype)
+    block = np.array(x, dtype=dtype, order="C")  # a copy, also when the dtype matches
+    block[~mask] = np.nan
+    return block
+
+
+def _pwrite_all(fd: int, data: bytes | memoryview, offset: int) -> None:
+    view = memoryview(data)
+    while view:
+        n = os.pwrite(fd, view, offset)
+        view, offset = view[n:], offset + n
+
+
+class _OpenSegment:
+    """The segment a writer appends to; its files stay open until it rolls over."""
+
+    def __init__(self, root: Path, rel: str, mods: list[str]) -> None:
+        self.rel, self.rows, self.id_bytes = rel, 0, 0
+        folder = root / rel
+        folder.mkdir(parents=True)
+        _fsync_dir(folder.parent)
+        names = [f"{m}.bin" for m in mods] + ["ids.bin", "rows.bin"]
+        self.fds = {n: os.open(folder / n, os.O_RDWR | os.O_CREAT, 0o644) for n in names}
+        _fsync_dir(folder)
+
+    def close(self) -> None:
+        for fd in self.fds.values():
+            os.close(fd)
+        self.fds = {}
 
 
 class Pool:
-    """Buffered, thread-safe appends; `read()` returns every pooled post once (first wins)."""
+    """Thread-safe durable appends; chunked, memory-bounded reads; day-partition retention."""
 
-    def __init__(self, root: Path | str, flush_rows: int = 4096) -> None:
+    def __init__(
+        self, root: Path | str, dtype: str = "float32", segment_rows: int = SEGMENT_ROWS
+    ) -> None:
+        if dtype not in DTYPES:
+            raise InvalidInputError(f"must be one of {DTYPES}", "pool_dtype")
         self.root = Path(root)
-        self.seg_dir = self.root / "segments"
-        self.seg_dir.mkdir(parents=True, exist_ok=True)
-        self.flush_rows = flush_rows
-        self._lock = threading.RLock()
-        self._segments: list[_Segment] = []
-        self._ids: set[str] = set()
-        self._has_dupes = False
-        self._buf_ids: list[str] = []
-        self._buf: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES}
-        self._dims: dict[str, int | None] | None = self._load_dims()
-        self._refresh()
+        (self.root / "days").mkdir(parents=True, exist_ok=True)
+        self.segment_rows = segment_rows
+        self._lock = threading.Lock()
+        self._open: dict[str, _OpenSegment] = {}  # day -> the segment this process appends to
+        meta = self._load_meta()
+        self._dims: dict[str, int | None] | None = meta["dims"] if meta else None
+        self.dtype = np.dtype(meta["dtype"] if meta else dtype)
+        self._remove_trash()
 
     # -- metadata -----------------------------------------------------------------------------
-    def _load_dims(self) -> dict[str, int | None] | None:
+    def _load_meta(self) -> dict | None:
         path = self.root / "meta.json"
-        return json.loads(path.read_text())["dims"] if path.exists() else None
+        return json.loads(path.read_text()) if path.exists() else None
 
-    def _check_dims(self, views: Views) -> None:
-        """Fix the dims on first use; afterwards a different width is an InvalidInputError."""
-        got = views.dims
+    def _fix_dims(self, views: Views) -> dict[str, int | None]:
+        """Fix the dims on first use (atomic: another process may win, so re-read)."""
         if self._dims is None:
             tmp = self.root / f".meta.{uuid.uuid4().hex}.tmp"
-            tmp.write_text(json.dumps({"dims": got}))
-            os.replace(tmp, self.root / "meta.json")
-            self._dims = self._load_dims()  # another process may have won: re-read
-        dims = self._dims or got
-        for name in MODALITIES:
-            want, have = dims[name], got[name]
-            if have is not None and have != want:
-                raise InvalidInputError(f"dimension {have}, pool stores {want}", name)
+            tmp.write_text(json.dumps({"dims": views.dims, "dtype": self.dtype.name}))
+            if not (self.root / "meta.json").exists():
+                os.replace(tmp, self.root / "meta.json")
+                _fsync_dir(self.root)
+            else:
+                tmp.unlink()
+            meta = self._load_meta()
+            assert meta is not None
+            self._dims, self.dtype = meta["dims"], np.dtype(meta["dtype"])
+        return self._dims
 
     @property
     def dims(self) -> dict[str, int | None] | None:
         return self._dims
 
-    # -- segments on disk ---------------------------------------------------------------------
-    def _refresh(self) -> None:
-        """Pick up segments written since the last look (by this or another process)."""
-        with self._lock:
-            known = {s.name for s in self._segments}
-            names = sorted(p.name for p in self.seg_dir.iterdir() if p.name.startswith("seg-"))
-            for name in names:
-                if name in known:
-                    continue
-                ids = np.load(self.seg_dir / name / "ids.npy", allow_pickle=False)
-                before = len(self._ids)
-                self._ids.update(ids.tolist())
-                self._has_dupes |= len(self._ids) - before != len(ids)
-                self._segments.append(_Segment(name, ids))
-            self._segments.sort(key=lambda s: s.name)
+    def check(self, views: Views, field: str = "posts") -> None:
+        """InvalidInputError unless `views` fit the pool: same widths, values in its dtype."""
+        dims = self._dims or views.dims
+        for name in MODALITIES:
+            have = views.dims[name]
+            if have is not None and have != dims[name]:
+                raise InvalidInputError(f"dimension {have}, pool stores {dims[name]}", name)
+            x = getattr(views, name)
+            if x is not None and self.dtype == np.float16:
+                big = np.abs(x).max(axis=1) > _FLOAT16_MAX if len(x) else np.zeros(0, bool)
+                if big.any():
+                    row = int(np.flatnonzero(big)[0])
+                    raise InvalidInputError(
+                        f"value beyond ±{_FLOAT16_MAX:g} (the pool stores float16)",
+                        f"{field}[{row}].{name}",
+                    )
 
-    def _write_segment(self, ids: np.ndarray, arrays: dict[str, np.ndarray]) -> None:
+    # -- writing ------------------------------------------------------------------------------
+    def append(self, post_ids: Sequence[str], views: Views, arrived_ns: int | None = None) -> int:
+        """Append rows durably (on disk when this returns); returns the rows written.
+
+        No de-duplication here: callers pool only posts the ledger has not seen."""
+        if len(post_ids) != len(views):
+            raise InvalidInputError(f"{len(post_ids)} ids for {len(views)} rows", "post_ids")
+        if not len(post_ids):
+            return 0
+        with self._lock:
+            dims = self._fix_dims(views)  # first (another process may have fixed them)
+            self.check(views)
+            at = time.time_ns() if arrived_ns is None else arrived_ns
+            self._write(dims, [str(p) for p in post_ids], views, at, day_of(at))
+        return len(post_ids)
+
+    def _write(
+        self,
+        dims: dict[str, int | None],
+        ids: list[str],
+        views: Views,
+        at: int | np.ndarray,
+        day: str,
+        kept: bool = False,
+    ) -> None:
+        key = KEPT if kept else day
+        seg = self._open.get(key)
+        if seg is None or seg.rows >= self.segment_rows:
+            self._roll(key, dims)
+            seg = self._open[key]
+        mods = [m for m in MODALITIES if dims[m] is not None]
+        n = len(ids)
+        for mod in mods:
+            dim = dims[mod]
+            assert dim is not None
+            x, mask = getattr(views, mod), getattr(views, f"{mod}_mask")
+            block = _stored(x, mask, n, dim, self.dtype)
+            _pwrite_all(seg.fds[f"{mod}.bin"], block.data, seg.rows * dim * self.dtype.itemsize)
+        encoded = [p.encode() for p in ids]
+        _pwrite_all(seg.fds["ids.bin"], b"".join(encoded), seg.id_bytes)
+        for name in ("ids.bin", *(f"{m}.bin" for m in mods)):
+            os.fdatasync(seg.fds[name])
+        rec = np.empty(n, ROW)
+        rec["hash"] = id_hashes(ids)
+        rec["arrived_ns"] = at
+        rec["id_end"] = seg.id_bytes + np.cumsum([len(e) for e in encoded], dtype=np.uint64)
+        _pwrite_all(seg.fds["rows.bin"], rec.tobytes(), seg.rows * ROW.itemsize)
+        os.fdatasync(seg.fds["rows.bin"])  # the commit point
+        seg.rows += n
+        seg.id_bytes = int(rec["id_end"][-1])
+
+    def _roll(self, key: str, dims: dict[str, int | None]) -> None:
+        old = self._open.pop(key, None)
+        if old is not None:
+            old.close()
+        if key != KEPT:  # a new day: yesterday's segment is done
+            for day in [d for d in self._open if d not in (KEPT, key)]:
+                self._open.pop(day).close()
         name = f"seg-{time.time_ns():020d}-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-        tmp = self.root / f".tmp-{name}"
-        tmp.mkdir()
-        _save(tmp / "ids.npy", ids)
-        for mod, x in arrays.items():
-            _save(tmp / f"{mod}.npy", x)
-        os.rename(tmp, self.seg_dir / name)
-        _fsync_dir(self.seg_dir)
-        self._segments.append(_Segment(name, ids))
+        rel = f"{KEPT}/{name}" if key == KEPT else f"days/{key}/{name}"
+        self._open[key] = _OpenSegment(self.root, rel, [m for m in MODALITIES if dims[m]])
 
-    # -- public API ---------------------------------------------------------------------------
-    def append(self, post_ids: np.ndarray | list[str], views: Views) -> int:
-        """Buffer posts not already pooled (first occurrence wins); returns how many were new.
-
-        Flushes a segment once `flush_rows` rows are buffered.
-        """
-        ids = np.asarray(post_ids, dtype=str)
-        if ids.shape != (len(views),):
-            raise InvalidInputError(f"{ids.shape} ids for {len(views)} rows", "post_ids")
-        rows = views.to_nan_rows()
+    def close(self) -> None:
         with self._lock:
-            self._check_dims(views)
-            keep = []
-            for i, pid in enumerate(ids.tolist()):
-                if pid not in self._ids:
-                    self._ids.add(pid)
-                    keep.append(i)
-            if not keep:
-                return 0
-            idx = np.asarray(keep)
-            self._buf_ids.extend(ids[idx].tolist())
-            for mod in MODALITIES:
-                dim = self._dims[mod] if self._dims else None
-                if dim is None:
-                    continue
-                x = rows[mod]
-                part = x[idx] if x is not None else np.full((len(idx), dim), np.nan, np.float32)
-                self._buf[mod].append(np.ascontiguousarray(part, dtype=np.float32))
-            if len(self._buf_ids) >= self.flush_rows:
-                self._flush_locked()
-            return len(keep)
+            for seg in self._open.values():
+                seg.close()
+            self._open.clear()
 
-    def flush(self) -> None:
-        """Write buffered rows as one segment (no-op when nothing is buffered)."""
-        with self._lock:
-            self._flush_locked()
+    # -- reading ------------------------------------------------------------------------------
+    def segments(self, include_kept: bool = True) -> list[Segment]:
+        """Every segment with committed rows, oldest first (kept partition last)."""
+        if self._dims is None:  # another process may have written the first rows since
+            meta = self._load_meta()
+            if meta:
+                self._dims, self.dtype = meta["dims"], np.dtype(meta["dtype"])
+        out: list[Segment] = []
+        folders = sorted((self.root / "days").glob("*/seg-*"))
+        if include_kept:
+            folders += sorted((self.root / KEPT).glob("seg-*"))
+        for folder in folders:
+            try:
+                st = (folder / "rows.bin").stat()
+            except FileNotFoundError:
+                continue  # being created, or its partition is being deleted
+            rows = self._committed(folder, st.st_size // ROW.itemsize)
+            if rows:
+                rel = folder.relative_to(self.root).as_posix()
+                out.append(Segment(rel, rows, st.st_mtime_ns))
+        return out
 
-    def _flush_locked(self) -> None:
-        if not self._buf_ids:
-            return
-        ids = np.asarray(self._buf_ids, dtype=str)
-        arrays = {m: np.concatenate(parts) for m, parts in self._buf.items() if parts}
-        self._write_segment(ids, arrays)
-        self._buf_ids = []
-        self._buf = {m: [] for m in MODALITIES}
+    def _committed(self, folder: Path, records: int) -> int:
+        """Rows whose record and data are all on disk (a torn tail is not counted)."""
+        rows = records
+        for mod, dim in (self._dims or {}).items():
+            if dim:
+                size = (folder / f"{mod}.bin").stat().st_size
+                rows = min(rows, size // (dim * self.dtype.itemsize))
+        return rows
 
     def __len__(self) -> int:
-        """Distinct pooled posts, buffered ones included (segments seen so far)."""
-        return len(self._ids)
+        """Rows in the pool (a post pooled twice by racing writers counts twice)."""
+        return sum(s.rows for s in self.segments())
 
-    def __contains__(self, post_id: object) -> bool:
-        return post_id in self._ids
-
-    def read(self) -> tuple[np.ndarray, Views]:
-        """`(post_ids (n,), Views)` of every pooled post, once each, in arrival order.
-
-        Segments are memory-mapped and copied into one preallocated array per view; the
-        missing-view mask comes from the first column (a row is all-NaN or has no NaN).
-        """
-        with self._lock:
-            self._refresh()
-            segments = list(self._segments)
-            buf_ids = list(self._buf_ids)
-            buf = {m: list(p) for m, p in self._buf.items()}
-            dims, dupes = self._dims, self._has_dupes
-        if dims is None:
-            raise InvalidInputError("the pool is empty", "pool")
-        ids = np.concatenate([s.ids for s in segments] + [np.asarray(buf_ids, dtype=str)])
-        sources = [(self.seg_dir / s.name, len(s.ids)) for s in segments]
-        views = self._assemble(sources, buf, dims, len(ids))
-        if dupes:
-            first = _first_occurrences(ids)
-            return ids[first], views.take(first)
-        return ids, views
-
-    def get(self, post_ids: np.ndarray | list[str]) -> tuple[np.ndarray, Views]:
-        """Rows for the requested ids that the pool holds: `(found_ids (k,), Views)`, in the
-        order requested, each id once (unknown ids are left out). Reads only matching rows."""
-        want = np.unique(np.asarray(post_ids, dtype=str))
-        with self._lock:
-            self._refresh()
-            segments, dims = list(self._segments), self._dims
-            buf_ids = np.asarray(self._buf_ids, dtype=str)
-            buf = {m: np.concatenate(p) if p else None for m, p in self._buf.items()}
-        if dims is None:
-            return np.empty(0, str), _empty_views()
-        found_ids: list[np.ndarray] = []
-        found: dict[str, list[np.ndarray]] = {m: [] for m in MODALITIES if dims[m] is not None}
-        for seg in segments:
-            hit = np.flatnonzero(np.isin(seg.ids, want))  # (k,)
-            if hit.size:
-                found_ids.append(seg.ids[hit])
-                for mod in found:
-                    found[mod].append(
-                        np.load(self.seg_dir / seg.name / f"{mod}.npy", mmap_mode="r")[hit]
-                    )
-        hit = np.flatnonzero(np.isin(buf_ids, want))
-        if hit.size:
-            found_ids.append(buf_ids[hit])
-            for mod in found:
-                part = buf[mod]
-                if part is not None:
-                    found[mod].append(part[hit])
-        if not found_ids:
-            return np.empty(0, str), _empty_views(dims)
-        ids = np.concatenate(found_ids)
-        first: dict[str, int] = {}
-        for i, pid in enumerate(ids.tolist()):
-            first.setdefault(pid, i)
-        requested = [
-            p for p in dict.fromkeys(np.asarray(post_ids, dtype=str).tolist()) if p in first
+    def chunks(self, segments: Sequence[Segment], chunk_rows: int) -> list[ChunkRef]:
+        return [
+            ChunkRef(s.path, a, min(a + chunk_rows, s.rows))
+            for s in segments
+            for a in range(0, s.rows, chunk_rows)
         ]
-        rows = np.asarray([first[p] for p in requested], dtype=np.int64)
-        arrays = {m: np.concatenate(found[m])[rows] if m in found else None for m in MODALITIES}
-        return np.asarray(requested, dtype=str), Views.from_nan_rows(
-            arrays["image"], arrays["text"]
+
+    def _records(self, segment: str, start: int, stop: int) -> np.ndarray:
+        return np.fromfile(
+            self.root / segment / "rows.bin",
+            dtype=ROW,
+            count=stop - start,
+            offset=start * ROW.itemsize,
         )
 
-    @staticmethod
-    def _assemble(
-        sources: list[tuple[Path, int]],
-        buf: dict[str, list[np.ndarray]],
-        dims: dict[str, int | None],
-        n: int,
-    ) -> Views:
+    def load(self, ref: ChunkRef) -> Chunk:
+        """One chunk's hashes, arrival times and views (a fresh copy: memory is freed after)."""
+        rec = self._records(ref.segment, ref.start, ref.stop)
+        return Chunk(rec["hash"], rec["arrived_ns"], self._views(ref.segment, ref.start, ref.stop))
+
+    def _views(self, segment: str, start: int, stop: int, rows: np.ndarray | None = None) -> Views:
         arrays: dict[str, np.ndarray | None] = {}
         for mod in MODALITIES:
-            dim = dims[mod]
-            if dim is None:
+            dim = (self._dims or {}).get(mod)
+            if not dim:
                 arrays[mod] = arrays[f"{mod}_mask"] = None
                 continue
-            out = np.empty((n, dim), np.float32)  # (n, dim)
-            at = 0
-            for folder, rows in sources:
-                out[at : at + rows] = np.load(folder / f"{mod}.npy", mmap_mode="r")
-                at += rows
-            for part in buf[mod]:
-                out[at : at + len(part)] = part
-                at += len(part)
-            mask = ~np.isnan(out[:, 0]) if n else np.zeros(0, bool)  # (n,)
-            out[~mask] = 0.0
-            arrays[mod], arrays[f"{mod}_mask"] = out, mask
-        return Views(arrays["image"], arrays["text"], arrays["image_mask"], arrays["text_mask"])
+            path = self.root / segment / f"{mod}.bin"
+            if rows is None:
+                x = np.fromfile(
+                    path, self.dtype, (stop - start) * dim, offset=start * dim * self.dtype.itemsize
+                ).reshape(-1, dim)
+            else:
+                x = np.memmap(path, self.dtype, "r", shape=(stop, dim))[rows]
+            x = x.astype(np.float32)
+            # Rows are all-NaN or NaN-free (checked when written): the first column decides.
+            mask = ~np.isnan(x[:, 0]) if len(x) else np.zeros(0, bool)
+            x[~mask] = 0.0
+            arrays[mod], arrays[f"{mod}_mask"] = x, mask
+        return Views(
+            arrays["image"], arrays["text"], arrays.get("image_mask"), arrays.get("text_mask")
+        )
+
+    def ids(self, segment: str, rows: np.ndarray) -> list[str]:
+        """The post ids of `rows (k,)` of one segment, in that order."""
+        if not len(rows):
+            return []
+        path = self.root / segment / "rows.bin"
+        rec = np.memmap(path, ROW, "r", shape=(path.stat().st_size // ROW.itemsize,))
+        ends = rec["id_end"][rows].astype(np.int64)
+        starts = np.where(rows > 0, rec["id_end"][np.maximum(rows - 1, 0)].astype(np.int64), 0)
+        out = []
+        with open(self.root / segment / "ids.bin", "rb") as f:
+            for a, b in zip(starts.tolist(), ends.tolist(), strict=True):
+                f.seek(a)
+                out.append(f.read(b - a).decode())
+        return out
+
+    def get(self, post_ids: Sequence[str] | np.ndarray) -> tuple[np.ndarray, Views]:
+        """Rows for the requested ids that the pool holds: `(found_ids (k,), Views)` in the
+        order requested, each id once (unknown ids are left out). Reads only matching rows."""
+        want = list(dict.fromkeys(str(p) for p in post_ids))
+        want_set = set(want)
+        wanted = np.unique(id_hashes(want))
+        found: dict[str, tuple[int, int]] = {}  # id -> (part, row in part), first copy wins
+        parts: list[Views] = []
+        for seg in self.segments():
+            rec = self._records(seg.path, 0, seg.rows)
+            hit = np.flatnonzero(np.isin(rec["hash"], wanted))
+            # ids are compared too, so a hash collision is no hit
+            new = [
+                (pid, row)
+                for pid, row in zip(self.ids(seg.path, hit), hit.tolist(), strict=True)
+                if pid not in found and pid in want_set
+            ]
+            if not new:
+                continue
+            for k, (pid, _) in enumerate(new):
+                found[pid] = (len(parts), k)
+            rows = np.asarray([r for _, r in new], dtype=np.int64)
+            parts.append(self._views(seg.path, 0, seg.rows, rows=rows))
+        requested = [p for p in want if p in found]
+        if not requested:
+            return np.empty(0, str), _empty_views(self._dims)
+        offsets = np.cumsum([0] + [len(v) for v in parts])
+        order = np.asarray([offsets[found[p][0]] + found[p][1] for p in requested], np.int64)
+        return np.asarray(requested, dtype=str), Views.concat(parts).take(order)
+
+    # -- retention ----------------------------------------------------------------------------
+    def days(self) -> list[str]:
+        return sorted(p.name for p in (self.root / "days").iterdir() if p.is_dir())
+
+    def expire(self, before: date, keep: np.ndarray) -> int:
+        """Delete every day partition older than `before`; rows whose hash is in `keep` (sorted
+        uint64: labeled or queried posts) are first copied to the kept partition. Returns the
+        rows deleted. A partition is renamed away (atomic) before it is removed, so readers see
+        all of it or none, and a crash mid-delete is finished by the next open."""
+        expired = 0
+        for day in self.days():
+            if day >= before.isoformat():
+                continue
+            folder = self.root / "days" / day
+            for seg in [s for s in self.segments(include_kept=False) if s.day == day]:
+                expired += seg.rows - self._keep_rows(seg, keep)
+            with self._lock:
+                opened = self._open.pop(day, None)
+                if opened is not None:
+                    opened.close()
+            trash = self.root / f".trash-{day}-{uuid.uuid4().hex[:8]}"
+            os.rename(folder, trash)
+            _fsync_dir(self.root / "days")
+            shutil.rmtree(trash)
+        return expired
+
+    def _keep_rows(self, seg: Segment, keep: np.ndarray) -> int:
+        """Copy the rows of `seg` whose hash is in `keep` into the kept partition (durably)."""
+        rec = self._records(seg.path, 0, seg.rows)
+        hit = np.flatnonzero(np.isin(rec["hash"], keep))
+        if not hit.size or self._dims is None:
+            return int(hit.size)
+        ids = self.ids(seg.path, hit)
+        views = self._views(seg.path, 0, seg.rows, rows=hit)
+        with self._lock:  # original arrival times are kept, row by row
+            self._write(self._dims, ids, views, rec["arrived_ns"][hit], "", True)
+        return int(hit.size)
+
+    def _remove_trash(self) -> None:
+        for trash in self.root.glob(".trash-*"):
+            shutil.rmtree(trash, ignore_errors=True)
+        for tmp in self.root.glob(".meta.*.tmp"):
+            tmp.unlink(missing_ok=True)
 
 
 def _empty_views(dims: dict[str, int | None] | None = None) -> Views:
@@ -262,9 +432,3 @@ def _empty_views(dims: dict[str, int | None] | None = None) -> Views:
     dims = dims or {"image": None, "text": 0}
     arrays = {m: None if d is None else np.empty((0, d), np.float32) for m, d in dims.items()}
     return Views.from_nan_rows(arrays["image"], arrays["text"])
-
-
-def _first_occurrences(ids: np.ndarray) -> np.ndarray:
-    """Sorted row indices `(k,)` of the first occurrence of each distinct id."""
-    _, first = np.unique(ids, return_index=True)
-    return np.sort(first)

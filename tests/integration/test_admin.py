@@ -7,6 +7,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from prometheus_client import generate_latest
 
 from postclf.v1 import postclf_pb2 as pb
 from tests.integration.support import Running, SmallData, install_model
@@ -45,3 +46,10 @@ def test_retrain_nightly_and_list_queries(
     queries = running.admin.ListQueries(pb.ListQueriesRequest()).queries
     assert [q.query_id for q in queries] == [night["query_id"]]
     assert queries[0].size == 10
+    # the nightly's accounting reaches the report and the Prometheus metrics
+    assert night["eligible"] == 400 - 120 and night["peak_rss_mb"] > 0
+    assert {"plan", "score", "export"} <= set(night["timings"])
+    text = generate_latest(running.app.service.metrics.registry).decode()
+    assert 'postclf_nightly_posts{kind="scored"} 280.0' in text
+    assert 'postclf_nightly_stage_seconds{stage="score"}' in text
+    assert "postclf_nightly_peak_rss_bytes" in text

@@ -11,6 +11,7 @@ import pytest
 from model.classifier import Classifier
 from model.data import Views
 from postclf.v1 import postclf_pb2 as pb
+from store.pool import Pool
 from tests.integration.support import Running, SmallData
 
 HEADS = {"fused", "image", "text"}
@@ -80,6 +81,29 @@ def test_ingest_posts_then_retry_counts_duplicates(server: Running, data: SmallD
     assert (first.accepted, first.duplicates) == (50, 0)
     assert (again.accepted, again.duplicates) == (0, 50)
     assert server.app.service.ledger.post_count() == 50
+
+
+def test_ingested_posts_are_on_disk_when_the_call_returns(server: Running, data: SmallData) -> None:
+    """Acknowledged means durable: another process's view of the pool already has them, and
+    concurrent calls (one group commit) each get their own count."""
+    calls = [data.posts(np.arange(300 + 20 * k, 320 + 20 * k)) for k in range(4)]
+    replies: list[pb.IngestPostsResponse] = []
+    threads = [
+        threading.Thread(
+            target=lambda p=p: replies.append(
+                server.classifier.IngestPosts(pb.IngestPostsRequest(posts=p), timeout=30)
+            )
+        )
+        for p in calls
+    ]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert sorted((r.accepted, r.duplicates) for r in replies) == [(20, 0)] * 4
+    other = Pool(server.home / "pool")  # as a restarted process would open it
+    want = data.post_ids[300:380].tolist()
+    assert sorted(other.get(want)[0].tolist()) == sorted(want)
 
 
 def test_concurrent_calls_share_one_forward_pass(

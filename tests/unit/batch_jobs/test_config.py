@@ -39,3 +39,32 @@ def test_from_dict_nested():
 def test_invalid(data):
     with pytest.raises(InvalidInputError):
         JobConfig.from_dict(data)
+
+
+def test_engine_section_and_bad_engine():
+    cfg = JobConfig.from_dict({"engine": {"engine": "ray", "workers": 2, "chunk_rows": 1024}})
+    assert (cfg.engine.engine, cfg.engine.workers, cfg.engine.chunk_rows) == ("ray", 2, 1024)
+    with pytest.raises(InvalidInputError):
+        JobConfig.from_dict({"engine": {"engine": "spark"}})
+    with pytest.raises(InvalidInputError):
+        JobConfig.from_dict({"engine": {"workers": 0}})
+
+
+def test_the_batch_cli_reads_the_servers_jobs_table(tmp_path, monkeypatch):
+    from batch_jobs.__main__ import build, parse_args
+
+    monkeypatch.delenv("POSTCLF_HOME", raising=False)
+    monkeypatch.delenv("POSTCLF_CONFIG", raising=False)
+    cfg_file = tmp_path / "postclf.toml"
+    cfg_file.write_text(
+        'home = "/srv/postclf"\n[jobs]\nmin_new_labels = 7\npool_days = 3\n'
+        '[jobs.query]\nstrategy = "bald"\n[jobs.engine]\nworkers = 2\n'
+    )
+    paths, cfg = build(parse_args(["--config", str(cfg_file), "nightly"]))
+    assert paths.home == Path("/srv/postclf")
+    assert (cfg.min_new_labels, cfg.pool_days, cfg.query.strategy) == (7, 3, "bald")
+    assert cfg.engine.workers == 2
+    paths, cfg = build(
+        parse_args(["--config", str(cfg_file), "--home", "/h", "nightly", "--engine", "ray"])
+    )
+    assert paths.home == Path("/h") and cfg.engine.engine == "ray" and cfg.engine.workers == 2

@@ -6,17 +6,21 @@ from __future__ import annotations
 import json
 import shutil
 from dataclasses import replace
-from datetime import date
+from datetime import UTC, date, datetime
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from batch_jobs.export import COLUMNS, read_export
 from batch_jobs.labels import LabelIn, submit_labels
 from batch_jobs.nightly import run_nightly
+from model.data import Views
 from model.registry import ModelRegistry
 from postclf_errors import JobBusyError, ModelUnavailableError
 from store.ledger import Ledger
+from store.pool import Pool
+from store.posts import PostBatch, record_posts
 
 from .conftest import true_label
 
@@ -29,7 +33,7 @@ def test_first_run_creates_and_exports_a_query(paths, job_cfg):
     assert rep.query_id == "q20260301-v0001" and rep.model_version == "v0001"
     assert rep.query_size == 20 and len(set(rep.post_ids)) == 20
     assert rep.pool_size == 901 and rep.eligible == 216  # only the unlabeled test split
-    assert {"read_pool", "propose", "export"} <= set(rep.timings)
+    assert {"plan", "score", "export"} <= set(rep.timings)
     with Ledger(paths.ledger) as ledger:
         assert [q.query_id for q in ledger.list_queries()] == [rep.query_id]
         assert ledger.posts_in_open_queries() == set(rep.post_ids)
@@ -153,3 +157,40 @@ def test_no_model_fails_and_records_it(tmp_path, job_cfg):
     with Ledger(paths.ledger) as ledger:
         (run,) = ledger.job_runs()
         assert run.status == "failed" and "no model" in run.report["error"]
+
+
+def test_default_window_scores_posts_since_the_last_night(paths, job_cfg, small):
+    cfg = replace(job_cfg, score_days=0)  # the default: since the last successful night
+    first = run_nightly(paths, cfg, night=NIGHT)
+    assert first.status == "created" and first.eligible == 216 and first.window_since is None
+    rows = np.flatnonzero(small["split"] == "test")[:30]
+    new_ids = [f"late-{i}" for i in range(30)]
+    views = Views.from_nan_rows(small["image"][rows], small["text"][rows])
+    with Ledger(paths.ledger) as ledger:
+        pool = Pool(paths.pool)
+        record_posts(pool, ledger, PostBatch(new_ids, views, "ingest"))
+        pool.close()
+    second = run_nightly(paths, cfg, night=date(2026, 3, 2))
+    assert second.status == "created" and second.eligible == 30
+    assert set(second.post_ids) <= set(new_ids) and second.window_since is not None
+    assert second.skipped["outside_window"] == 901  # every earlier post, not even scored
+
+
+def test_old_days_expire_but_labeled_posts_keep_their_embeddings(paths, job_cfg, small):
+    old_day = datetime(2026, 2, 1, tzinfo=UTC)
+    rows = np.flatnonzero(small["split"] == "test")[:10]
+    views = Views.from_nan_rows(small["image"][rows], small["text"][rows])
+    old_ids = [f"old-{i}" for i in range(10)]
+    with Ledger(paths.ledger) as ledger:
+        pool = Pool(paths.pool)
+        pool.append(old_ids, views, arrived_ns=int(old_day.timestamp() * 1e9))
+        pool.close()
+        ledger.add_posts(old_ids, "ingest")
+        classes = small["class_names"].astype(str).tolist()
+        submit_labels(ledger, classes, [LabelIn("old-3", classes[0], "ann")])
+    rep = run_nightly(paths, job_cfg, night=NIGHT)  # 2026-03-01: Feb 1 is past 14 days
+    assert rep.expired == 9 and rep.status == "created"
+    assert "2026-02-01" not in Pool(paths.pool).days()
+    found, _ = Pool(paths.pool).get(["old-3", "old-4"])
+    assert found.tolist() == ["old-3"]  # kept for retraining; the unlabeled one is gone
+    assert not {"old-3", "old-4"} & set(rep.post_ids)

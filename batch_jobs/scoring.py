@@ -1,0 +1,283 @@
+"""One scoring function over chunks of posts; what survives a chunk is small and merges exactly.
+
+`score_chunk` scores one chunk's eligible posts with the query's strategy and keeps only what
+selection needs: the best `m` rows by (score, random tie-break key) with their features,
+predicted class and confidence, plus whole-chunk counts (predicted-class histogram, score
+sums). `Scored.merge` keeps the best `m` of two results, so any runner (this process, worker
+processes, Ray actors) in any order ends with the same candidates, and memory depends on the
+chunk size and `m`, never on the pool.
+
+Randomness is per chunk (seeded with the night's seed and the chunk's own key), so the query
+does not depend on how chunks are spread over workers.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Protocol
+
+import numpy as np
+
+from acquisition.scores import STRATEGIES
+from batch_jobs.config import QueryConfig
+from model.classifier import Classifier
+from model.data import Views
+from store.pool import ChunkRef, Pool
+
+
+@dataclass(frozen=True)
+class Loaded:
+    """A chunk ready to score: `views`, `eligible (k,)`, `hashes (k,)` uint64 (post identity),
+    and where each row lives: `part` (a segment index, 0 in memory) and `rows (k,)` in it."""
+
+    views: Views
+    eligible: np.ndarray
+    hashes: np.ndarray
+    part: int
+    rows: np.ndarray
+    skipped: dict[str, int] = field(default_factory=dict)  # ineligible rows, by reason
+
+
+class Source(Protocol):
+    """Chunks of posts to score: small picklable refs, each loadable on any worker."""
+
+    def refs(self) -> list[object]: ...
+
+    def load(self, ref: object) -> Loaded: ...
+
+    def key(self, ref: object) -> int: ...
+
+
+@dataclass
+class Scored:
+    """The best `m` rows by (score desc, key asc) and whole-pool counts. Columns `(k,)`."""
+
+    part: np.ndarray  # int64
+    rows: np.ndarray  # int64
+    hashes: np.ndarray  # uint64
+    scores: np.ndarray  # float64
+    keys: np.ndarray  # float64 tie-break
+    predicted: np.ndarray  # int64
+    confidence: np.ndarray  # float32
+    features: np.ndarray  # (k, F) float32
+    histogram: np.ndarray  # (C,) int64 predicted classes of every scored row
+    scored: int = 0
+    skipped: dict[str, int] = field(default_factory=dict)
+    score_sum: float = 0.0
+    score_min: float = float("inf")
+    score_max: float = float("-inf")
+
+    @classmethod
+    def empty(cls, n_classes: int, n_features: int) -> Scored:
+        z = np.zeros(0, np.int64)
+        return cls(
+            z, z, np.zeros(0, np.uint64), np.zeros(0), np.zeros(0), z, np.zeros(0, np.float32),
+            np.zeros((0, n_features), np.float32), np.zeros(n_classes, np.int64),
+        )  # fmt: skip
+
+    def top(self, m: int) -> Scored:
+        """The best `m` rows (all counts kept)."""
+        order = np.lexsort((self.keys, -self.scores))[:m]
+        return self._rows(order)
+
+    def _rows(self, idx: np.ndarray) -> Scored:
+        return Scored(
+            self.part[idx], self.rows[idx], self.hashes[idx], self.scores[idx], self.keys[idx],
+            self.predicted[idx], self.confidence[idx], self.features[idx], self.histogram,
+            self.scored, self.skipped, self.score_sum, self.score_min, self.score_max,
+        )  # fmt: skip
+
+    def merge(self, other: Scored, m: int) -> Scored:
+        """Both results' rows, best `m` kept; counts added."""
+
+        sides = [s for s in (self, other) if s.rows.size] or [self]
+
+        def cat(name: str) -> np.ndarray:  # an empty side may have another feature width
+            return np.concatenate([getattr(s, name) for s in sides])
+
+        skipped = dict(self.skipped)
+        for k, v in other.skipped.items():
+            skipped[k] = skipped.get(k, 0) + v
+        both = Scored(
+            cat("part"), cat("rows"), cat("hashes"), cat("scores"), cat("keys"), cat("predicted"),
+            cat("confidence"), cat("features"), self.histogram + other.histogram,
+            self.scored + other.scored, skipped, self.score_sum + other.score_sum,
+            min(self.score_min, other.score_min), max(self.score_max, other.score_max),
+        )  # fmt: skip
+        return both.top(m)
+
+    def distinct(self) -> Scored:
+        """One row per post (best kept): racing writers may have pooled a post twice."""
+        _, first = np.unique(self.hashes, return_index=True)  # rows arrive best first
+        return self._rows(np.sort(first))
+
+    def summary(self) -> dict[str, float | int]:
+        mean = self.score_sum / self.scored if self.scored else float("nan")
+        return {"scored": self.scored, "min": self.score_min, "mean": mean, "max": self.score_max}
+
+
+def usable_rows(clf: Classifier, views: Views) -> np.ndarray:
+    """`(k,) bool`: rows with a view the model has a branch for."""
+    cfg, n = clf.net_config, len(views)
+    usable = np.zeros(n, dtype=bool)
+    if cfg.image_dim and views.image_mask is not None:
+        usable |= views.image_mask
+    if cfg.text_dim and views.text_mask is not None:
+        usable |= views.text_mask
+    return usable
+
+
+def chunk_rngs(seed: Sequence[int], key: int) -> tuple[np.random.Generator, np.random.Generator]:
+    """(score rng, tie-break rng) of one chunk: a function of the night's seed and the chunk."""
+    base = np.random.default_rng([*seed, key & 0xFFFFFFFF, key >> 32])
+    score_rng, tie_rng = base.spawn(2)
+    return score_rng, tie_rng
+
+
+def score_views(
+    clf: Classifier, views: Views, cfg: QueryConfig, score_rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """`(scores (n,), probs (n, C), features (n, F))`; F = 0 without diversity."""
+    strategy = STRATEGIES[cfg.strategy]
+    need_features = cfg.diversity is not None
+    pred = clf.predict(views, with_features=need_features)
+    if strategy.needs_mc:
+        scores = strategy.score(clf.predict_mc(views, cfg.mc_samples, score_rng), score_rng)
+    else:
+        scores = strategy.score(pred.probs, score_rng)
+    feats = pred.features if pred.features is not None else np.empty((len(views), 0), np.float32)
+    return scores, pred.probs, feats
+
+
+def score_chunk(
+    clf: Classifier, chunk: Loaded, cfg: QueryConfig, m: int, seed: Sequence[int], key: int
+) -> Scored:
+    """Score the chunk's eligible rows; keep the best `m` and the chunk's counts."""
+    skipped = dict(chunk.skipped)
+    eligible = chunk.eligible & usable_rows(clf, chunk.views)
+    skipped["no_usable_view"] = skipped.get("no_usable_view", 0) + int(
+        (chunk.eligible & ~eligible).sum()
+    )
+    idx = np.flatnonzero(eligible)
+    out = Scored.empty(len(clf.classes), 0)
+    out.skipped = skipped
+    if not idx.size:
+        return out
+    score_rng, tie_rng = chunk_rngs(seed, key)
+    scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
+    keys = tie_rng.random(idx.size)
+    predicted = probs.argmax(1)
+    full = Scored(
+        np.full(idx.size, chunk.part, np.int64), chunk.rows[idx], chunk.hashes[idx],
+        np.asarray(scores, np.float64), keys, predicted.astype(np.int64),
+        probs[np.arange(idx.size), predicted].astype(np.float32),
+        np.ascontiguousarray(feats, np.float32),
+        np.bincount(predicted, minlength=len(clf.classes)).astype(np.int64),
+        int(idx.size), skipped, float(scores.sum()), float(scores.min()), float(scores.max()),
+    )  # fmt: skip
+    return full.top(m)
+
+
+def sorted_contains(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`(k,) bool`: which `values` are in `sorted_keys` (sorted, unique). O(k log e): the
+    excluded set is sorted once, not once per chunk as `np.isin` would."""
+    if not sorted_keys.size:
+        return np.zeros(values.shape[0], bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[at] == values
+
+
+# -- sources ----------------------------------------------------------------------------------
+@dataclass(frozen=True)
+class MemoryRef:
+    start: int
+    stop: int
+
+
+@dataclass
+class MemorySource:
+    """Rows of in-memory views (the simulator's pool): row locators are global row indices."""
+
+    views: Views
+    eligible: np.ndarray  # (n,) bool
+    chunk_rows: int = 16_384
+
+    def refs(self) -> list[object]:
+        n = len(self.views)
+        return [MemoryRef(a, min(a + self.chunk_rows, n)) for a in range(0, n, self.chunk_rows)]
+
+    def load(self, ref: object) -> Loaded:
+        assert isinstance(ref, MemoryRef)
+        rows = np.arange(ref.start, ref.stop, dtype=np.int64)
+        elig = self.eligible[ref.start : ref.stop]
+        return Loaded(
+            self.views.take(slice(ref.start, ref.stop)), elig, rows.astype(np.uint64), 0, rows,
+            {"labeled_or_queried": int((~elig).sum())},
+        )  # fmt: skip
+
+    def key(self, ref: object) -> int:
+        assert isinstance(ref, MemoryRef)
+        return ref.start
+
+
+@dataclass
+class PoolSource:
+    """Chunks of pool segments, read from `root` (storage every worker reads).
+
+    `excluded (e,)` sorted uint64 hashes of labeled and open-query posts; `since_ns`: rows that
+    arrived earlier are outside the scoring window. Picklable: the pool is reopened per process.
+    """
+
+    root: Path
+    segments: list[str]  # part index -> segment path
+    chunk_refs: list[ChunkRef]
+    excluded: np.ndarray
+    since_ns: int | None = None
+    _pool: Pool | None = field(default=None, repr=False)
+    _parts: dict[str, int] | None = field(default=None, repr=False)
+
+    def __getstate__(self) -> dict:
+        return self.__dict__ | {"_pool": None}
+
+    @property
+    def pool(self) -> Pool:
+        if self._pool is None:
+            self._pool = Pool(self.root)
+        return self._pool
+
+    def refs(self) -> list[object]:
+        return list(self.chunk_refs)
+
+    def part_of(self, segment: str) -> int:
+        if self._parts is None:
+            self._parts = {s: i for i, s in enumerate(self.segments)}
+        return self._parts[segment]
+
+    def load(self, ref: object) -> Loaded:
+        assert isinstance(ref, ChunkRef)
+        chunk = self.pool.load(ref)
+        fresh = ~sorted_contains(self.excluded, chunk.hashes)
+        window = (
+            chunk.arrived_ns >= self.since_ns
+            if self.since_ns is not None
+            else np.ones(len(fresh), bool)
+        )
+        return Loaded(
+            chunk.views,
+            fresh & window,
+            chunk.hashes,
+            self.part_of(ref.segment),
+            np.arange(ref.start, ref.stop, dtype=np.int64),
+            {
+                "labeled_or_queried": int((~fresh).sum()),
+                "outside_window": int((fresh & ~window).sum()),
+            },
+        )
+
+    def key(self, ref: object) -> int:
+        assert isinstance(ref, ChunkRef)
+        digest = hashlib.blake2b(f"{ref.segment}:{ref.start}".encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "little")

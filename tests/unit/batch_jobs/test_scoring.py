@@ -1,0 +1,113 @@
+"""Streaming scoring: the best-m merge chooses exactly what selection on the whole in-memory
+pool chooses (every strategy, diversity and balance), whatever the runner or worker count."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from acquisition.scores import STRATEGIES
+from acquisition.selection import select_query
+from batch_jobs.active_step import STAGE_STREAM, propose
+from batch_jobs.config import EngineConfig, QueryConfig
+from batch_jobs.nightly import run_nightly
+from batch_jobs.scoring import MemorySource, Scored, score_chunk
+from model.data import Views
+
+SEED = (7, 739_000)
+CHUNK = 97  # several chunks, none aligned with anything
+
+
+@pytest.fixture(scope="module")
+def pool_views(small_npz) -> Views:
+    return Views.from_nan_rows(small_npz["image"], small_npz["text"])
+
+
+def whole_pool_selection(clf, source: MemorySource, cfg: QueryConfig) -> tuple[list, list]:
+    """The in-memory path: every eligible row's score, key and features, then `select_query`
+    on the full arrays with the same per-chunk randomness."""
+    parts = [
+        score_chunk(clf, source.load(ref), cfg, 1 << 30, SEED, source.key(ref))
+        for ref in source.refs()
+    ]
+    allrows = Scored.empty(len(clf.classes), 0)
+    for p in parts:
+        allrows = allrows.merge(p, 1 << 30)
+    s = allrows
+    order = np.argsort(s.rows)  # back to pool order: nothing was dropped
+    rows, scores, keys = s.rows[order], s.scores[order], s.keys[order]
+    feats, pred = s.features[order], s.predicted[order]
+    q = min(cfg.query_size, len(rows))
+    sel = select_query(
+        scores, feats if feats.shape[1] else np.zeros((len(rows), 0), np.float32), pred, q,
+        np.random.default_rng([*SEED, STAGE_STREAM]), candidate_factor=cfg.candidate_factor,
+        diversity=cfg.diversity, balance=cfg.balance, n_classes=len(clf.classes),
+        tie_keys=keys,
+    )  # fmt: skip
+    return rows[sel.indices].tolist(), sel.reasons.tolist()
+
+
+CASES = [
+    (strategy, diversity, balance)
+    for strategy in sorted(STRATEGIES)
+    for diversity, balance in ((None, False), ("kmeans", True), ("kcenter", False))
+] + [("margin", None, True), ("margin", "kmeans", False)]
+
+
+@pytest.mark.parametrize(("strategy", "diversity", "balance"), CASES)
+def test_streaming_chooses_what_the_whole_pool_chooses(
+    tiny_model, pool_views, strategy, diversity, balance
+):
+    rng = np.random.default_rng(3)
+    eligible = rng.random(len(pool_views)) < 0.8
+    cfg = QueryConfig(strategy, 15, 6, diversity, balance, mc_samples=5)
+    source = MemorySource(pool_views, eligible, CHUNK)
+    got = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    want_rows, want_reasons = whole_pool_selection(tiny_model, source, cfg)
+    assert got.indices.tolist() == want_rows
+    assert got.reasons.tolist() == want_reasons
+    assert eligible[got.indices].all() and len(set(got.indices.tolist())) == 15
+    assert got.counts["scored"] == int(eligible.sum())
+
+
+def test_counts_cover_the_whole_pool(tiny_model, pool_views):
+    eligible = np.ones(len(pool_views), bool)
+    eligible[:100] = False
+    source = MemorySource(pool_views, eligible, CHUNK)
+    got = propose(tiny_model, None, source, QueryConfig(), EngineConfig(), SEED)
+    assert got.counts["scored"] == len(pool_views) - 100
+    assert got.counts["skipped"]["labeled_or_queried"] == 100
+    assert sum(got.counts["predicted_histogram"].values()) == len(pool_views) - 100
+    summary = got.counts["score_summary"]
+    assert summary["min"] <= summary["mean"] <= summary["max"] <= 0.0  # margin scores
+
+
+def test_fewer_eligible_than_the_query_gives_them_all(tiny_model, pool_views):
+    eligible = np.zeros(len(pool_views), bool)
+    eligible[[3, 500, 800]] = True
+    source = MemorySource(pool_views, eligible, CHUNK)
+    cfg = QueryConfig(query_size=20, diversity="kmeans", balance=True)
+    got = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    assert sorted(got.indices.tolist()) == [3, 500, 800]
+
+
+def test_the_query_does_not_depend_on_the_runner(paths, job_cfg):
+    """Nightly dry runs on the real pool: this process, two worker processes, the same query."""
+    cfg = replace(job_cfg, engine=EngineConfig(chunk_rows=128))
+    one = run_nightly(paths, cfg, dry_run=True)
+    two = run_nightly(paths, replace(cfg, engine=replace(cfg.engine, workers=2)), dry_run=True)
+    assert one.status == two.status == "dry_run" and len(one.post_ids) == 20
+    assert one.post_ids == two.post_ids
+    assert one.eligible == two.eligible == 216
+
+
+def test_sorted_contains_matches_isin():
+    from batch_jobs.scoring import sorted_contains
+
+    rng = np.random.default_rng(0)
+    keys = np.unique(rng.integers(0, 2**63, 500, dtype=np.uint64))
+    values = np.concatenate([keys[::7], rng.integers(0, 2**63, 300, dtype=np.uint64)])
+    np.testing.assert_array_equal(sorted_contains(keys, values), np.isin(values, keys))
+    assert not sorted_contains(np.zeros(0, np.uint64), values).any()
