@@ -79,6 +79,7 @@ def _counts(scored: Scored, classes: list[str]) -> dict[str, Any]:
         "skipped": dict(scored.skipped),
         "predicted_histogram": dict(zip(classes, scored.histogram.tolist(), strict=True)),
         "score_summary": scored.summary(),
+        "worker_seconds": dict(scored.seconds),  # summed over chunks (and workers)
     }
 
 

@@ -225,6 +225,8 @@ def _account(report: NightlyReport, proposed: ProposedQuery, cfg: JobConfig) -> 
     report.score_summary = counts["score_summary"]
     report.engine = asdict(cfg.engine)
     report.timings |= {f"score.{k}": v for k, v in proposed.timings.items()}
+    # Where scoring time went, summed over chunks (= wall time with one local worker).
+    report.timings |= {f"score.{k}_chunks": v for k, v in counts["worker_seconds"].items()}
     secs = proposed.timings.get("scoring") or 0.0
     scanned = report.eligible + sum(report.skipped.values()) - report.skipped["outside_window"]
     report.posts_per_s = scanned / secs if secs else 0.0

@@ -13,6 +13,7 @@ from __future__ import annotations
 import multiprocessing
 import os
 import pickle
+import time
 from collections.abc import Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
@@ -92,8 +93,14 @@ def _size(ref: Any) -> int:
 
 
 def _score(clf: Classifier, task: Task, ref: Any) -> Scored:
+    """One chunk: read (with eligibility) and score, each timed."""
     src = task.source
-    return score_chunk(clf, src.load(ref), task.cfg, task.m, task.seed, src.key(ref))
+    t0 = time.perf_counter()
+    chunk = src.load(ref)
+    t1 = time.perf_counter()
+    out = score_chunk(clf, chunk, task.cfg, task.m, task.seed, src.key(ref))
+    out.seconds = {"read": t1 - t0, "score": time.perf_counter() - t1}
+    return out
 
 
 # -- local worker processes -------------------------------------------------------------------

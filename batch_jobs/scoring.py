@@ -69,6 +69,7 @@ class Scored:
     score_sum: float = 0.0
     score_min: float = float("inf")
     score_max: float = float("-inf")
+    seconds: dict[str, float] = field(default_factory=dict)  # read, eligible, score (summed)
 
     @classmethod
     def empty(cls, n_classes: int, n_features: int) -> Scored:
@@ -88,6 +89,7 @@ class Scored:
             self.part[idx], self.rows[idx], self.hashes[idx], self.scores[idx], self.keys[idx],
             self.predicted[idx], self.confidence[idx], self.features[idx], self.histogram,
             self.scored, self.skipped, self.score_sum, self.score_min, self.score_max,
+            self.seconds,
         )  # fmt: skip
 
     def merge(self, other: Scored, m: int) -> Scored:
@@ -98,14 +100,16 @@ class Scored:
         def cat(name: str) -> np.ndarray:  # an empty side may have another feature width
             return np.concatenate([getattr(s, name) for s in sides])
 
-        skipped = dict(self.skipped)
+        skipped, seconds = dict(self.skipped), dict(self.seconds)
         for k, v in other.skipped.items():
             skipped[k] = skipped.get(k, 0) + v
+        for k, t in other.seconds.items():
+            seconds[k] = seconds.get(k, 0.0) + t
         both = Scored(
             cat("part"), cat("rows"), cat("hashes"), cat("scores"), cat("keys"), cat("predicted"),
             cat("confidence"), cat("features"), self.histogram + other.histogram,
             self.scored + other.scored, skipped, self.score_sum + other.score_sum,
-            min(self.score_min, other.score_min), max(self.score_max, other.score_max),
+            min(self.score_min, other.score_min), max(self.score_max, other.score_max), seconds,
         )  # fmt: skip
         return both.top(m)
 

@@ -33,7 +33,9 @@ def test_first_run_creates_and_exports_a_query(paths, job_cfg):
     assert rep.query_id == "q20260301-v0001" and rep.model_version == "v0001"
     assert rep.query_size == 20 and len(set(rep.post_ids)) == 20
     assert rep.pool_size == 901 and rep.eligible == 216  # only the unlabeled test split
-    assert {"plan", "score", "export"} <= set(rep.timings)
+    assert {"plan", "score", "score.read_chunks", "score.score_chunks", "export"} <= set(
+        rep.timings
+    )
     with Ledger(paths.ledger) as ledger:
         assert [q.query_id for q in ledger.list_queries()] == [rep.query_id]
         assert ledger.posts_in_open_queries() == set(rep.post_ids)
