@@ -48,21 +48,19 @@ def build(args: argparse.Namespace) -> tuple[Paths, JobConfig]:
     config = args.config or os.environ.get("POSTCLF_CONFIG")
     file_home, cfg = load_job_file(Path(config)) if config else (None, JobConfig())
     home = args.home or Path(os.environ.get("POSTCLF_HOME") or file_home or "var")
-    if getattr(args, "engine", None) or getattr(args, "workers", None):
-        engine = replace(
-            cfg.engine,
-            engine=args.engine or cfg.engine.engine,
-            workers=args.workers or cfg.engine.workers,
-        )
-        cfg = replace(cfg, engine=engine)
-    if getattr(args, "strategy", None) or getattr(args, "query_size", None):
-        query = replace(
-            cfg.query,
-            strategy=args.strategy or cfg.query.strategy,
-            query_size=args.query_size or cfg.query.query_size,
-        )
-        cfg = replace(cfg, query=query)
+    flag = vars(args).get  # nightly's flags; None when not given (or another command)
+    cfg = replace(
+        cfg,
+        engine=_with(cfg.engine, engine=flag("engine"), workers=flag("workers")),
+        query=_with(cfg.query, strategy=flag("strategy"), query_size=flag("query_size")),
+    )
     return Paths(home), cfg
+
+
+def _with(obj: Any, **values: Any) -> Any:
+    """`obj` with the fields given on the command line replaced (None = not given)."""
+    given = {k: v for k, v in values.items() if v is not None}
+    return replace(obj, **given) if given else obj
 
 
 def print_report(report: dict[str, Any], as_json: bool) -> None:
