@@ -146,9 +146,10 @@ def _run(
             with stage("close"):
                 cutoff = datetime.now(UTC) - timedelta(days=cfg.query_ttl_days)
                 report.closed_queries = ledger.close_queries(cutoff.isoformat())
+        excluded = _excluded(ledger)  # after closing: expired queries' posts are eligible again
+        if not dry_run:
             with stage("expire"):  # labeled and queried posts keep their embeddings
-                keep = _excluded(ledger)
-                report.expired = pool.expire(night - timedelta(days=cfg.pool_days), keep)
+                report.expired = pool.expire(night - timedelta(days=cfg.pool_days), excluded)
             with stage("retrain"):
                 report.retrain = _retrain_reported(paths, cfg)
         existing = ledger.query_for_night(night.isoformat())
@@ -158,7 +159,7 @@ def _run(
         clf = registry.load()  # ModelUnavailableError before bootstrap
         report.model_version = clf.meta.get("version")
         with stage("plan"):
-            source = _source(paths, cfg, ledger, pool, report)
+            source = _source(paths, cfg, ledger, pool, excluded, report)
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
@@ -196,7 +197,12 @@ def _window_start(cfg: JobConfig, ledger: Ledger) -> datetime | None:
 
 
 def _source(
-    paths: Paths, cfg: JobConfig, ledger: Ledger, pool: Pool, report: NightlyReport
+    paths: Paths,
+    cfg: JobConfig,
+    ledger: Ledger,
+    pool: Pool,
+    excluded: np.ndarray,
+    report: NightlyReport,
 ) -> PoolSource:
     """What tonight scores: every day segment in the window (the kept partition never)."""
     since = _window_start(cfg, ledger)
@@ -211,7 +217,7 @@ def _source(
         paths.pool,
         [s.path for s in inside],
         pool.chunks(inside, cfg.engine.chunk_rows),
-        _excluded(ledger),
+        excluded,
         since_ns,
     )
 

@@ -62,7 +62,7 @@ def run_scoring(
     refs = task.source.refs()
     total = sum(r.stop - r.start for r in refs)  # type: ignore[attr-defined]
     bar = tqdm(total=total, desc="score", unit="post", unit_scale=True, disable=not progress)
-    acc = Scored.empty(len(clf.classes), 0)
+    acc = Scored.empty(len(clf.classes))
     try:
         for rows, part in _results(clf, model, task, engine, refs):
             acc = acc.merge(part, task.m)

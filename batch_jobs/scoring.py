@@ -25,7 +25,7 @@ from acquisition.scores import STRATEGIES
 from batch_jobs.config import QueryConfig
 from model.classifier import Classifier
 from model.data import Views
-from store.pool import ChunkRef, Pool
+from store.pool import ChunkRef, Pool, sorted_contains
 
 
 @dataclass(frozen=True)
@@ -72,11 +72,12 @@ class Scored:
     seconds: dict[str, float] = field(default_factory=dict)  # read, eligible, score (summed)
 
     @classmethod
-    def empty(cls, n_classes: int, n_features: int) -> Scored:
+    def empty(cls, n_classes: int) -> Scored:
+        """No rows yet (0 features: `merge` takes the width from the first non-empty side)."""
         z = np.zeros(0, np.int64)
         return cls(
             z, z, np.zeros(0, np.uint64), np.zeros(0), np.zeros(0), z, np.zeros(0, np.float32),
-            np.zeros((0, n_features), np.float32), np.zeros(n_classes, np.int64),
+            np.zeros((0, 0), np.float32), np.zeros(n_classes, np.int64),
         )  # fmt: skip
 
     def top(self, m: int) -> Scored:
@@ -166,7 +167,7 @@ def score_chunk(
         (chunk.eligible & ~eligible).sum()
     )
     idx = np.flatnonzero(eligible)
-    out = Scored.empty(len(clf.classes), 0)
+    out = Scored.empty(len(clf.classes))
     out.skipped = skipped
     if not idx.size:
         return out
@@ -183,15 +184,6 @@ def score_chunk(
         int(idx.size), skipped, float(scores.sum()), float(scores.min()), float(scores.max()),
     )  # fmt: skip
     return full.top(m)
-
-
-def sorted_contains(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
-    """`(k,) bool`: which `values` are in `sorted_keys` (sorted, unique). O(k log e): the
-    excluded set is sorted once, not once per chunk as `np.isin` would."""
-    if not sorted_keys.size:
-        return np.zeros(values.shape[0], bool)
-    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
-    return sorted_keys[at] == values
 
 
 # -- sources ----------------------------------------------------------------------------------

@@ -47,16 +47,17 @@ def write_group(pool: Pool, ledger: Ledger, group: list[PoolBatch]) -> list[int]
     A post sent by two calls of the group counts as new for the first only."""
     first = group[0]
     merged: list[tuple[int, int, str]] = []  # (call, row in call, post id)
+    rows_of: list[list[int]] = [[] for _ in group]
     seen: set[str] = set()
     for k, b in enumerate(group):
         for i, pid in enumerate(b.post_ids.tolist()):
             if pid not in seen:
                 seen.add(pid)
                 merged.append((k, i, pid))
-    rows_of = [
-        np.asarray([i for kk, i, _ in merged if kk == k], np.int64) for k in range(len(group))
-    ]
-    views = Views.concat([b.views.take(r) for b, r in zip(group, rows_of, strict=True)])
+                rows_of[k].append(i)
+    views = Views.concat(
+        [b.views.take(np.asarray(r, np.int64)) for b, r in zip(group, rows_of, strict=True)]
+    )
     ids = [pid for _, _, pid in merged]
     owner = [k for k, _, _ in merged]
     predicted = None

@@ -53,6 +53,15 @@ def id_hashes(post_ids: Sequence[str] | Iterator[str]) -> np.ndarray:
     return np.fromiter((id_hash(p) for p in post_ids), dtype=np.uint64)
 
 
+def sorted_contains(sorted_keys: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """`(k,) bool`: which `values` are in `sorted_keys` (sorted, unique). O(k log e): a large
+    key set (every labeled post) is sorted once, not once per call as `np.isin` would."""
+    if not sorted_keys.size:
+        return np.zeros(values.shape[0], bool)
+    at = np.minimum(np.searchsorted(sorted_keys, values), sorted_keys.size - 1)
+    return sorted_keys[at] == values
+
+
 def day_of(ns: int) -> str:
     return datetime.fromtimestamp(ns / 1e9, UTC).date().isoformat()
 
@@ -392,11 +401,11 @@ class Pool:
         rows deleted. A partition is renamed away (atomic) before it is removed, so readers see
         all of it or none, and a crash mid-delete is finished by the next open."""
         expired = 0
-        for day in self.days():
-            if day >= before.isoformat():
-                continue
+        old = [d for d in self.days() if d < before.isoformat()]
+        segments = [s for s in self.segments(include_kept=False) if s.day in old]
+        for day in old:
             folder = self.root / "days" / day
-            for seg in [s for s in self.segments(include_kept=False) if s.day == day]:
+            for seg in [s for s in segments if s.day == day]:
                 expired += seg.rows - self._keep_rows(seg, keep)
             with self._lock:
                 opened = self._open.pop(day, None)
@@ -411,7 +420,7 @@ class Pool:
     def _keep_rows(self, seg: Segment, keep: np.ndarray) -> int:
         """Copy the rows of `seg` whose hash is in `keep` into the kept partition (durably)."""
         rec = self._records(seg.path, 0, seg.rows)
-        hit = np.flatnonzero(np.isin(rec["hash"], keep))
+        hit = np.flatnonzero(sorted_contains(keep, rec["hash"]))
         if not hit.size or self._dims is None:
             return int(hit.size)
         ids = self.ids(seg.path, hit)

@@ -32,10 +32,10 @@ def whole_pool_selection(clf, source: MemorySource, cfg: QueryConfig) -> tuple[l
         score_chunk(clf, source.load(ref), cfg, 1 << 30, SEED, source.key(ref))
         for ref in source.refs()
     ]
-    allrows = Scored.empty(len(clf.classes), 0)
+    allrows = Scored.empty(len(clf.classes))
     for p in parts:
         allrows = allrows.merge(p, 1 << 30)
-    s = allrows
+    s = allrows  # nothing was dropped: m is larger than the pool
     order = np.argsort(s.rows)  # back to pool order: nothing was dropped
     rows, scores, keys = s.rows[order], s.scores[order], s.keys[order]
     feats, pred = s.features[order], s.predicted[order]
@@ -104,7 +104,7 @@ def test_the_query_does_not_depend_on_the_runner(paths, job_cfg):
 
 
 def test_sorted_contains_matches_isin():
-    from batch_jobs.scoring import sorted_contains
+    from store.pool import sorted_contains
 
     rng = np.random.default_rng(0)
     keys = np.unique(rng.integers(0, 2**63, 500, dtype=np.uint64))
