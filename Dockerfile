@@ -43,7 +43,7 @@ EXPOSE 50051 9095
 
 # NOT_SERVING (exit 1) until a model is loaded; the first start may train the demo model.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=300s --retries=3 \
-    CMD ["python", "-m", "server.client", "--timeout", "3", "health"]
+    CMD ["python", "-m", "client", "--timeout", "3", "health"]
 
 # SIGTERM → graceful shutdown (in-flight calls finish, pool flushed, ledger closed).
 STOPSIGNAL SIGTERM

@@ -34,7 +34,7 @@ lint: $(BIN)/.installed
 	$(BIN)/ruff format --check .
 
 typecheck: $(STUBS)
-	$(BIN)/mypy model acquisition store batch_jobs server
+	$(BIN)/mypy model acquisition store batch_jobs server client
 
 check: lint typecheck
 

@@ -73,7 +73,7 @@ def print_report(report: dict[str, Any], as_json: bool) -> None:
         print(f"{name:<22} {secs:>9.3f}")
 
 
-EXIT_NOT_RUN = 3  # the job did not run: a live process holds its lease (as server.client)
+EXIT_NOT_RUN = 3  # the job did not run: a live process holds its lease (as the client CLI)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -35,7 +35,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from server.convert import arrays_to_posts
+from client.encode import arrays_to_posts
 from store.ledger import Ledger
 from store.pool import Pool
 

@@ -39,7 +39,7 @@ MODES = {"on": ("256", "2", 1), "off": ("1", "0", 1), "on-2proc": ("256", "2", 2
 # -- client process ---------------------------------------------------------------------------
 def _requests(data: Path, batch: int, count: int) -> list:
     from postclf.v1 import postclf_pb2 as pb
-    from server.convert import arrays_to_posts
+    from client.encode import arrays_to_posts
 
     d = np.load(data)
     rows = np.flatnonzero(d["split"] == "test")
@@ -193,7 +193,7 @@ def _start_server(
     target = f"127.0.0.1:{port}"
     for _ in range(600):
         ok = subprocess.run(
-            [sys.executable, "-m", "server.client", "--target", target, "--timeout", "1", "health"],
+            [sys.executable, "-m", "client", "--target", target, "--timeout", "1", "health"],
             cwd=ROOT,
             capture_output=True,
         )

@@ -23,7 +23,7 @@ from model.training import TrainConfig
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
-from server.convert import arrays_to_posts
+from client.encode import arrays_to_posts
 from store.ledger import Ledger
 from tests.integration.support import server_config
 

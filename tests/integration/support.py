@@ -13,7 +13,7 @@ from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import App
 from server.config import BatcherConfig, LimitsConfig, ServerConfig
-from server.convert import arrays_to_posts
+from client.encode import arrays_to_posts
 
 DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "reviews_small.npz"
 

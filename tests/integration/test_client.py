@@ -10,7 +10,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
-from server.client import main
+from client.cli import main
 from tests.integration.support import DATA, Running, SmallData
 
 

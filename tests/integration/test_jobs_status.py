@@ -16,7 +16,7 @@ import pytest
 
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
-from server.client import EXIT_NOT_RUN, main
+from client.cli import EXIT_NOT_RUN, main
 from store.lease import HOST_ID
 from store.ledger import Ledger
 from tests.integration.support import Running, SmallData, install_model

@@ -1,4 +1,4 @@
-"""Command-line client: `python -m server.client [--target H:P] [--token T] COMMAND ...`.
+"""Command-line client: `python -m client [--target H:P] [--token T] COMMAND ...`.
 
 Commands: classify FILE.npz|FILE.parquet [--limit N] [--batch B] [--values] [--skip-pool];
 ingest FILE [--limit N]; submit-labels FILE.csv (post_id,label,assessor_id[,query_id]);
@@ -25,7 +25,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from server.convert import arrays_to_posts
+from client.encode import arrays_to_posts
 
 MAX_MESSAGE = 256 * 1024 * 1024
 
@@ -188,7 +188,7 @@ def open_channel(target: str, tls_ca: Path | None) -> grpc.Channel:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
-        prog="python -m server.client",
+        prog="python -m client",
         description=__doc__,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
@@ -246,6 +246,3 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_NOT_RUN
         return EXIT_ERROR
 
-
-if __name__ == "__main__":
-    raise SystemExit(main())
