@@ -1,15 +1,19 @@
-"""Serving benchmark: gRPC Classify throughput and latency vs the model's raw forward speed.
+"""Serving benchmark: postclf's Classify against a bare gRPC echo server and the model itself.
 
-Starts `python -m server` as a subprocess (micro-batching on: 256 posts / 2 ms; off: max_batch=1;
-on-2proc: batching on, two processes sharing the port via SO_REUSEPORT)
-with a model trained briefly on ../shared/data/reviews.npz, drives it from a separate client
-process (grpc.aio, N calls in flight) over loopback with the real test-split embeddings as
-float32 bytes, at concurrency 1/8/64 × batch 1/64. The ceiling is the same model's in-process
-`predict` at batch 256. Bounded: each cell runs ≤ --seconds or ≤ --max-calls calls.
+Each round starts, one after the other, a bare echo server (bench/echo_server.py: the same
+grpcio, thread pool and message options, no model) and `python -m server` (micro-batching on;
+and two processes sharing the port via SO_REUSEPORT), with a model trained briefly on
+../shared/data/reviews.npz, and drives each from a separate client process (grpc.aio, N calls in
+flight) over loopback with real test-split embeddings as float32 bytes. Cells: 1 post per call
+at concurrency 1 and 64 (pooled, and with skip_pool), 64 posts per call at 8 and 64 in flight.
+Server CPU per call is read from /proc (the server and its children). Rounds alternate the
+servers; the summary takes medians over rounds and prints the ratios we set targets on:
+1-post calls/s and p99 against echo's, 64-post posts/s against in-process `predict` at batch 64,
+CPU per call against echo's, and 2-process scaling, with the load average of each round.
 
-    .venv/bin/python bench/serving.py [--data ../shared/data/reviews.npz] [--seconds 3]
+    .venv/bin/python -m bench.serving [--rounds 3] [--seconds 3]
 
-Prints a table and writes bench/results/serving.json. Not a test: no timed assertions.
+Prints tables and writes bench/results/serving.json. Not a test: no timed assertions.
 """
 
 from __future__ import annotations
@@ -32,14 +36,20 @@ from batch_jobs.datasets import DEFAULT_DATA_DIR
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
-CONCURRENCY = (1, 8, 64)
-BATCHES = (1, 64)
-# mode → (max_batch, max_delay_ms, server processes sharing the port)
-MODES = {"on": ("256", "2", 1), "off": ("1", "0", 1), "on-2proc": ("256", "2", 2)}
+# (posts per call, calls in flight, skip_pool)
+CELLS = ((1, 1, False), (1, 64, False), (1, 64, True), (64, 8, False), (64, 64, False))
+# mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms);
+# "echo" = the bare server; "postclf-linger0" writes each Classify pool entry at once.
+MODES = {
+    "echo": None,
+    "postclf": ("256", "2", 1, "20"),
+    "postclf-linger0": ("256", "2", 1, "0"),
+    "postclf-2proc": ("256", "2", 2, "20"),
+}
 
 
 # -- client process ---------------------------------------------------------------------------
-def _requests(data: Path, batch: int, count: int) -> list:
+def _requests(data: Path, batch: int, count: int, skip_pool: bool) -> list:
     from client.encode import arrays_to_posts
     from postclf.v1 import postclf_pb2 as pb
 
@@ -49,8 +59,10 @@ def _requests(data: Path, batch: int, count: int) -> list:
     out = []
     for k in range(count):
         idx = (np.arange(batch) + k * batch) % len(rows)
+        # Fresh ids per request, so pooling does real writes (a known id is only updated).
+        ids = np.char.add(d["post_id"][rows].astype(str), f"-{os.getpid()}-{k}")
         posts = arrays_to_posts(ids[idx], image[idx], text[idx])
-        out.append(pb.ClassifyRequest(posts=posts, skip_pool=True))
+        out.append(pb.ClassifyRequest(posts=posts, skip_pool=skip_pool))
     return out
 
 
@@ -93,6 +105,8 @@ async def _cell(target: str, requests: list, conc: int, seconds: float, max_call
     posts = len(latencies) * len(requests[0].posts)
     return {
         "calls": len(latencies),
+        "calls_total": issued + len(requests[:conc]),  # the server CPU window includes warm-up
+        "calls_per_s": len(latencies) / wall,
         "failures": failures,
         "posts_per_s": posts / wall,
         "p50_ms": float(np.percentile(lat, 50)),
@@ -101,30 +115,57 @@ async def _cell(target: str, requests: list, conc: int, seconds: float, max_call
 
 
 def client_main(target: str, data: Path, seconds: float, max_calls: int) -> None:
-    """Runs every (batch, concurrency) cell; one JSON line per cell on stdout."""
-    for batch in BATCHES:
-        requests = _requests(data, batch, 64)
-        for conc in CONCURRENCY:
-            before = _batch_stats(target)
-            row = asyncio.run(_cell(target, requests, conc, seconds, max_calls))
-            after = _batch_stats(target)
-            passes = after[1] - before[1]
-            row |= {
-                "batch": batch,
-                "concurrency": conc,
-                "posts_per_forward": (after[0] - before[0]) / passes if passes else None,
-            }
-            print(json.dumps(row), flush=True)
+    """Runs every cell; one JSON line per cell on stdout."""
+    server_pid = int(os.environ["BENCH_SERVER_PID"])
+    for batch, conc, skip_pool in CELLS:
+        requests = _requests(data, batch, 64, skip_pool)
+        before, cpu0 = _batch_stats(), _cpu_seconds(server_pid)
+        row = asyncio.run(_cell(target, requests, conc, seconds, max_calls))
+        cpu = _cpu_seconds(server_pid) - cpu0
+        after = _batch_stats()
+        passes = after[1] - before[1]
+        row |= {
+            "batch": batch,
+            "concurrency": conc,
+            "skip_pool": skip_pool,
+            "server_cpu_us_per_call": 1e6 * cpu / max(row["calls_total"], 1),
+            "posts_per_forward": (after[0] - before[0]) / passes if passes else None,
+        }
+        print(json.dumps(row), flush=True)
+
+
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU seconds of `pid` and its descendants so far (from /proc)."""
+    parent_of: dict[int, int] = {}
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        parent_of[int(stat.parent.name)] = int(fields[1])
+    tree, frontier = {pid}, [pid]
+    while frontier:
+        kids = [p for p, ppid in parent_of.items() if ppid in frontier and p not in tree]
+        tree.update(kids)
+        frontier = kids
+    ticks = 0
+    for p in tree:
+        try:
+            fields = Path(f"/proc/{p}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        ticks += int(fields[11]) + int(fields[12])  # utime, stime
+    return ticks / os.sysconf("SC_CLK_TCK")
 
 
 def _scrape(port: int) -> str:
     return urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5).read().decode()
 
 
-def _batch_stats(target: str) -> tuple[float, float]:
+def _batch_stats() -> tuple[float, float]:
     """(posts, forward passes) so far, summed over the server processes' Prometheus endpoints."""
     values = {"postclf_batch_posts_sum": 0.0, "postclf_batch_posts_count": 0.0}
-    for port in os.environ["BENCH_METRICS_PORTS"].split(","):
+    for port in filter(None, os.environ["BENCH_METRICS_PORTS"].split(",")):
         for line in _scrape(int(port)).splitlines():
             key, _, value = line.partition(" ")
             if key in values:
@@ -154,8 +195,8 @@ def train_model(data: Path, home: Path, epochs: int) -> None:
     registry.promote(registry.save(clf))
 
 
-def ceiling(home: Path, data: Path, seconds: float, torch_threads: int) -> float:
-    """In-process `predict` posts/s at batch 256 on the test split (the serving ceiling)."""
+def ceiling(home: Path, data: Path, seconds: float, torch_threads: int, batch: int) -> float:
+    """In-process `predict` posts/s at `batch` on the test split (what serving could reach)."""
     import torch
 
     from model.data import Views
@@ -163,13 +204,13 @@ def ceiling(home: Path, data: Path, seconds: float, torch_threads: int) -> float
 
     clf = ModelRegistry(home / "models").load()
     d = np.load(data)
-    rows = np.flatnonzero(d["split"] == "test")[:256]
+    rows = np.flatnonzero(d["split"] == "test")[:batch]
     views = Views.from_nan_rows(d["image"][rows], d["text"][rows])
     torch.set_num_threads(torch_threads)  # the server's setting
     clf.predict(views)
     n, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
-        clf.predict(views, batch_size=256)
+        clf.predict(views, batch_size=batch)
         n += len(views)
     return n / (time.perf_counter() - start)
 
@@ -177,7 +218,13 @@ def ceiling(home: Path, data: Path, seconds: float, torch_threads: int) -> float
 def _start_server(
     home: Path, mode: str, port: int, metrics_port: int, torch_threads: int
 ) -> subprocess.Popen:
-    max_batch, max_delay, processes = MODES[mode]
+    settings = MODES[mode]
+    if settings is None:
+        cmd = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
+        proc = subprocess.Popen(cmd, cwd=ROOT)
+        _wait_listening(port, proc)
+        return proc
+    max_batch, max_delay, processes, linger = settings
     env = os.environ | {
         "POSTCLF_HOME": str(home),
         "POSTCLF_HOST": "127.0.0.1",
@@ -187,6 +234,7 @@ def _start_server(
         "POSTCLF_MAX_DELAY_MS": max_delay,
         "POSTCLF_TORCH_THREADS": str(torch_threads),
         "POSTCLF_PROCESSES": str(processes),
+        "POSTCLF_POOL_LINGER_MS": linger,
         "POSTCLF_SCHEDULER": "0",
         "POSTCLF_BOOTSTRAP": "0",
         "POSTCLF_LOG_LEVEL": "WARNING",
@@ -206,6 +254,18 @@ def _start_server(
     raise RuntimeError("server did not become SERVING")
 
 
+def _wait_listening(port: int, proc: subprocess.Popen) -> None:
+    for _ in range(300):
+        with socket.socket() as s:
+            if s.connect_ex(("127.0.0.1", port)) == 0:
+                return
+        if proc.poll() is not None:
+            break
+        time.sleep(0.1)
+    proc.terminate()
+    raise RuntimeError("echo server did not start")
+
+
 def _all_up(metrics_port: int, processes: int) -> bool:
     """Every process publishes metrics once it listens (it loads the model before that)."""
     try:
@@ -219,10 +279,12 @@ def _all_up(metrics_port: int, processes: int) -> bool:
 def run_mode(home: Path, mode: str, args: argparse.Namespace) -> list[dict]:
     port, metrics_port = _free_port(), _free_port()
     server = _start_server(home, mode, port, metrics_port, args.torch_threads)
+    processes = 0 if MODES[mode] is None else MODES[mode][2]  # type: ignore[index]
     try:
         cmd = [
             sys.executable,
-            __file__,
+            "-m",
+            "bench.serving",
             "--client",
             f"127.0.0.1:{port}",
             "--data",
@@ -232,40 +294,73 @@ def run_mode(home: Path, mode: str, args: argparse.Namespace) -> list[dict]:
             "--max-calls",
             str(args.max_calls),
         ]
-        ports = ",".join(str(metrics_port + i) for i in range(MODES[mode][2]))
-        env = os.environ | {"BENCH_METRICS_PORTS": ports}
+        ports = ",".join(str(metrics_port + i) for i in range(processes))
+        env = os.environ | {"BENCH_METRICS_PORTS": ports, "BENCH_SERVER_PID": str(server.pid)}
         out = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, check=True)
     finally:
         server.terminate()
         server.wait(timeout=30)
-    return [json.loads(line) | {"batching": mode} for line in out.stdout.splitlines()]
+    return [json.loads(line) | {"mode": mode} for line in out.stdout.splitlines()]
 
 
-def print_table(rows: list[dict], ceil: float) -> None:
-    print(
-        f"\nceiling: in-process predict, batch 256: {ceil:,.0f} posts/s; load average "
-        f"{os.getloadavg()[0]:.1f} on {os.cpu_count()} CPUs\n"
-    )
-    head = (
-        "batching",
-        "batch",
-        "conc",
-        "calls",
-        "posts/s",
-        "p50 ms",
-        "p99 ms",
-        "posts/fwd",
-        "ratio",
-    )
+def _key(r: dict) -> tuple:
+    return (r["mode"], r["batch"], r["concurrency"], r["skip_pool"])
+
+
+def medians(rows: list[dict]) -> dict[tuple, dict]:
+    """Per (mode, cell): the median over rounds of each measured number."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in rows:
+        groups.setdefault(_key(r), []).append(r)
+    fields = ("calls_per_s", "posts_per_s", "p50_ms", "p99_ms", "server_cpu_us_per_call")
+    return {
+        k: {f: float(np.median([r[f] for r in rs])) for f in fields} | {"rounds": len(rs)}
+        for k, rs in groups.items()
+    }
+
+
+def print_cells(med: dict[tuple, dict]) -> None:
+    head = ("server", "posts/call", "in flight", "pool", "calls/s", "posts/s", "p50 ms",
+            "p99 ms", "CPU µs/call", "rounds")  # fmt: skip
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
-    for r in rows:
-        fwd = "" if r["posts_per_forward"] is None else f"{r['posts_per_forward']:.1f}"
+    for (mode, batch, conc, skip), m in med.items():
+        pool = "—" if mode == "echo" else ("skip" if skip else "on")
         print(
-            f"| {r['batching']} | {r['batch']} | {r['concurrency']} | {r['calls']} | "
-            f"{r['posts_per_s']:,.0f} | {r['p50_ms']:.2f} | {r['p99_ms']:.2f} | {fwd} | "
-            f"{r['posts_per_s'] / ceil:.3f} |"
+            f"| {mode} | {batch} | {conc} | {pool} | {m['calls_per_s']:,.0f} | "
+            f"{m['posts_per_s']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
+            f"{m['server_cpu_us_per_call']:.0f} | {m['rounds']} |"
         )
+
+
+def ratios(med: dict[tuple, dict], predict64: float, predict256: float) -> dict[str, float]:
+    """The numbers the targets are set on (see the module docstring)."""
+    echo1, echo64 = med[("echo", 1, 64, False)], med[("echo", 64, 8, False)]
+    one, one_skip = med[("postclf", 1, 64, False)], med[("postclf", 1, 64, True)]
+    two = med[("postclf-2proc", 1, 64, False)]
+    big = max(
+        med[("postclf", 64, 8, False)]["posts_per_s"],
+        med[("postclf", 64, 64, False)]["posts_per_s"],
+    )
+    big2 = max(
+        med[("postclf-2proc", 64, 8, False)]["posts_per_s"],
+        med[("postclf-2proc", 64, 64, False)]["posts_per_s"],
+    )
+    return {
+        "1post_calls_per_s_vs_echo (target >= 0.7)": one["calls_per_s"] / echo1["calls_per_s"],
+        "1post_skip_pool_calls_per_s_vs_echo": one_skip["calls_per_s"] / echo1["calls_per_s"],
+        "1post_p99_vs_echo (target <= 2)": one["p99_ms"] / echo1["p99_ms"],
+        "64post_posts_per_s_vs_predict_at_64 (target >= 0.8)": big / predict64,
+        "64post_posts_per_s_vs_predict_at_256": big / predict256,
+        "1post_linger0_calls_per_s_vs_echo": med[("postclf-linger0", 1, 64, False)]["calls_per_s"]
+        / echo1["calls_per_s"],
+        "1post_cpu_per_call_vs_echo": one["server_cpu_us_per_call"]
+        / echo1["server_cpu_us_per_call"],
+        "64post_cpu_per_call_vs_echo": med[("postclf", 64, 8, False)]["server_cpu_us_per_call"]
+        / echo64["server_cpu_us_per_call"],
+        "2proc_vs_1proc_1post_calls_per_s": two["calls_per_s"] / one["calls_per_s"],
+        "2proc_vs_1proc_64post_posts_per_s": big2 / big,
+    }
 
 
 def main() -> None:
@@ -276,6 +371,7 @@ def main() -> None:
         "--data", type=Path, default=Path(os.environ.get("POSTCLF_BENCH_DATA", DEFAULT_DATA))
     )
     p.add_argument("--seconds", type=float, default=3.0, help="per cell")
+    p.add_argument("--rounds", type=int, default=3, help="alternating rounds (medians over them)")
     p.add_argument("--max-calls", type=int, default=20_000, help="per cell")
     p.add_argument("--epochs", type=int, default=2, help="training epochs of the benchmark model")
     p.add_argument("--torch-threads", type=int, default=1, help="server and ceiling")
@@ -287,26 +383,53 @@ def main() -> None:
     import torch
 
     torch.set_num_threads(args.torch_threads)
+    rows: list[dict] = []
+    loads: list[float] = []
     with tempfile.TemporaryDirectory(prefix="postclf-bench-") as tmp:
         home = Path(tmp)
         t0 = time.perf_counter()
         train_model(args.data, home, args.epochs)
         print(f"trained the benchmark model in {time.perf_counter() - t0:.1f} s", flush=True)
-        ceil = ceiling(home, args.data, args.seconds, args.torch_threads)
-        rows = [row for mode in MODES for row in run_mode(home, mode, args)]
-    print_table(rows, ceil)
-    for r in rows:
-        r["ratio_to_ceiling"] = r["posts_per_s"] / ceil
+        ceilings = {
+            b: ceiling(home, args.data, args.seconds, args.torch_threads, b) for b in (64, 256)
+        }
+        for r in range(args.rounds):
+            for mode in MODES:
+                rows += [row | {"round": r} for row in run_mode(home, mode, args)]
+            loads.append(os.getloadavg()[0])
+            print(f"round {r + 1}/{args.rounds} done, load average {loads[-1]:.1f}", flush=True)
+    med = medians(rows)
+    print(
+        f"\nin-process predict: {ceilings[64]:,.0f} posts/s at batch 64, {ceilings[256]:,.0f} at "
+        f"256; {os.cpu_count()} CPUs; load average per round {', '.join(f'{x:.1f}' for x in loads)}"
+        "\n"
+    )
+    print_cells(med)
+    rat = ratios(med, ceilings[64], ceilings[256])
+    print()
+    for name, value in rat.items():
+        print(f"{name}: {value:.2f}")
     out = ROOT / "bench" / "results" / "serving.json"
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {
         "cpus": os.cpu_count(),
-        "load_avg_1m": os.getloadavg()[0],
+        "load_avg_per_round": loads,
         "torch_threads": args.torch_threads,
         "seconds_per_cell": args.seconds,
+        "rounds": args.rounds,
         "data": str(args.data),
     }
-    out.write_text(json.dumps({"ceiling_posts_per_s": ceil, "rows": rows, "meta": meta}, indent=2))
+    doc = {
+        "predict_posts_per_s": ceilings,
+        "medians": [
+            dict(zip(("mode", "batch", "concurrency", "skip_pool"), k, strict=True)) | v
+            for k, v in med.items()
+        ],
+        "ratios": rat,
+        "rows": rows,
+        "meta": meta,
+    }
+    out.write_text(json.dumps(doc, indent=2))
     print(f"\nwrote {out}")
 
 

@@ -160,7 +160,7 @@ def _build_service(
         holder=holder,
         registry=registry,
         batcher=Batcher(holder, cfg.batcher, metrics),
-        writer=PoolWriter(pool, ledger, metrics, cfg.pool_queue_batches),
+        writer=PoolWriter(pool, ledger, metrics, cfg.pool_queue_batches, cfg.pool_linger_ms / 1000),
         ledger=ledger,
         pool=pool,
         metrics=metrics,

@@ -78,6 +78,9 @@ class ServerConfig:
     grace_s: float = 10.0  # shutdown: in-flight calls get this long to finish
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
+    # How long the pool writer gathers Classify's best-effort entries into one durable write
+    # (0: write what is queued at once). IngestPosts never waits for it.
+    pool_linger_ms: float = 20.0
     bootstrap: bool = True  # train the demo model when the registry is empty
     bootstrap_data: Path = DEFAULT_DATA_DIR / "reviews.npz"
     # Share of each class's train rows the demo pools unlabeled, so the first nightly has real
@@ -103,6 +106,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_METRICS_HOST": ("", "metrics_host"),
     "POSTCLF_METRICS_PORT": ("", "metrics_port"),
     "POSTCLF_WORKERS": ("", "workers"),
+    "POSTCLF_POOL_LINGER_MS": ("", "pool_linger_ms"),
     "POSTCLF_TORCH_THREADS": ("", "torch_threads"),
     "POSTCLF_REUSE_PORT": ("", "reuse_port"),
     "POSTCLF_PROCESSES": ("", "processes"),
@@ -170,6 +174,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     top = build_config(ServerConfig, raw, "config", _coerce)
     if not 0.0 <= top.bootstrap_unlabeled_share < 1.0:
         raise InvalidInputError("must be in [0, 1)", "config.bootstrap_unlabeled_share")
+    if not 0.0 <= top.pool_linger_ms <= 1000.0:
+        raise InvalidInputError("must be in [0, 1000] ms", "config.pool_linger_ms")
     built = {
         name: build_config(cls, sections[name], name, _coerce) for name, cls in SECTIONS.items()
     }

@@ -2,7 +2,10 @@
 
 Every call's posts are queued to one background thread that merges what is queued into one
 durable write (`store.posts.record_posts`: pool fsync, then ledger commit), so concurrent calls
-share the fsyncs. `submit` returns a future that resolves once the call's posts are durable:
+share the fsyncs. When only best-effort (Classify) calls are queued, the thread lingers up to
+`linger_s` for more before writing: a durable group write has a fixed cost (two fsyncs, one
+transaction) that 1-post calls would otherwise pay one or two at a time; an IngestPosts call
+ends the wait at once. `submit` returns a future that resolves once the call's posts are durable:
 IngestPosts waits on it before replying; Classify does not (its pool entry is best effort: a
 crash loses at most what was queued, never leaving the two stores inconsistent). A full queue
 makes callers wait (back-pressure, never a drop); `sync()` waits for everything submitted so
@@ -14,6 +17,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -28,7 +32,7 @@ from store.posts import PostBatch, record_posts
 log = logging.getLogger(__name__)
 
 _STOP = object()
-MAX_COALESCE = 64  # queued calls merged into one pool append + one ledger transaction
+MAX_COALESCE = 1024  # queued calls merged into one pool append + one ledger transaction
 
 
 @dataclass(frozen=True)
@@ -73,8 +77,16 @@ def write_group(pool: Pool, ledger: Ledger, group: list[PoolBatch]) -> list[int]
 
 
 class PoolWriter:
-    def __init__(self, pool: Pool, ledger: Ledger, metrics: Metrics, max_pending: int) -> None:
+    def __init__(
+        self,
+        pool: Pool,
+        ledger: Ledger,
+        metrics: Metrics,
+        max_pending: int,
+        linger_s: float = 0.0,
+    ) -> None:
         self.pool, self.ledger, self.metrics = pool, ledger, metrics
+        self.linger_s = linger_s
         self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
         self._cond = threading.Condition()
         self._submitted = 0
@@ -108,14 +120,19 @@ class PoolWriter:
         if first is _STOP:
             return [], True
         taken: list[PoolBatch] = [first]  # type: ignore[list-item]
+        close_at = time.monotonic() + self.linger_s
+        best_effort = first.source == "classify"  # type: ignore[attr-defined]
         while len(taken) < MAX_COALESCE:
+            # Linger only while everything taken is best effort (nobody waits on it).
+            wait = close_at - time.monotonic() if best_effort else 0.0
             try:
-                item = self._queue.get_nowait()
+                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
             except queue.Empty:
                 break
             if item is _STOP:
                 return taken, True
             taken.append(item)  # type: ignore[arg-type]
+            best_effort = best_effort and item.source == "classify"  # type: ignore[attr-defined]
         return taken, False
 
     def _loop(self) -> None:

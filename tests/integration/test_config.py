@@ -26,3 +26,17 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
     bad.write_text("[batcher]\nmax_bacth = 3\n")
     with pytest.raises(InvalidInputError, match="max_bacth"):
         load_config(bad, {})
+
+
+@pytest.mark.parametrize(
+    ("var", "value", "field"),
+    [
+        ("POSTCLF_BOOTSTRAP_UNLABELED_SHARE", "1.0", "config.bootstrap_unlabeled_share"),
+        ("POSTCLF_POOL_LINGER_MS", "-1", "config.pool_linger_ms"),
+        ("POSTCLF_POOL_LINGER_MS", "5000", "config.pool_linger_ms"),
+    ],
+)
+def test_out_of_range_settings_name_their_key(var: str, value: str, field: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        load_config(None, {var: value})
+    assert err.value.field == field

@@ -195,3 +195,18 @@ def test_batching_off_runs_inline(make, clf: FakeClf) -> None:  # type: ignore[n
     batcher = make(max_batch=1)
     assert labels(batcher.predict(views_of([2, 1]), None)) == [2, 1]
     assert not batcher._thread.is_alive() and clf.sizes == [2]
+
+
+def test_signal_wakes_its_waiter_once_and_stays_set() -> None:
+    from server.batcher import Signal
+
+    sig = Signal()
+    assert not sig.wait(0.01) and not sig.is_set()  # times out while unset
+    woke = threading.Event()
+    t = threading.Thread(target=lambda: sig.wait() and woke.set())
+    t.start()
+    sig.set()
+    t.join(10)
+    assert woke.is_set() and sig.is_set()
+    sig.set()  # idempotent
+    assert sig.wait(0) and sig.wait()  # set: every later wait returns at once

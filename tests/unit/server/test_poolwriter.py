@@ -65,3 +65,14 @@ def test_a_failed_write_fails_its_futures_not_the_writer(tmp_path: Path) -> None
     assert bad.exception(10) is not None
     assert writer.submit(batch(["b"], 1)).result(10) == 1  # the writer goes on
     writer.close()
+
+
+def test_best_effort_entries_linger_into_one_write_and_ingest_does_not_wait(tmp_path: Path) -> None:
+    pool, ledger = stores(tmp_path)
+    writer = PoolWriter(pool, ledger, Metrics(), max_pending=64, linger_s=30.0)
+    lingering = [writer.submit(batch([f"c{i}"], i, source="classify")) for i in range(5)]
+    assert not any(f.done() for f in lingering)  # gathered, not written one by one
+    durable = writer.submit(batch(["i0"], 9))  # an ingest ends the linger at once
+    assert durable.result(10) == 1  # well before the 30 s linger
+    assert [f.result(0) for f in lingering] == [1] * 5  # written in the same group
+    writer.close()

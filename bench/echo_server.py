@@ -1,0 +1,56 @@
+"""A bare gRPC server with postclf's Classify signature and server settings, answering at once.
+
+The yardstick of bench/serving.py: the same grpcio, the same thread pool size and message
+options, the same proto; no interceptors, no validation, no model. Each reply holds one
+`Prediction` per post with only its id, so the response size grows with the call as ours does.
+
+    .venv/bin/python -m bench.echo_server --port 50099 [--workers 64]
+"""
+
+from __future__ import annotations
+
+import argparse
+from concurrent import futures
+
+import grpc
+
+from postclf.v1 import postclf_pb2 as pb
+from postclf.v1 import postclf_pb2_grpc as pb_grpc
+
+MAX_MESSAGE = 64 * 1024 * 1024  # server/config.py LimitsConfig.max_message_bytes
+
+
+class Echo(pb_grpc.PostClassifierServicer):
+    def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.ServicerContext
+    ) -> pb.ClassifyResponse:
+        return pb.ClassifyResponse(
+            predictions=[pb.Prediction(post_id=p.post_id) for p in request.posts]
+        )
+
+
+def serve(port: int, workers: int) -> None:
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
+        options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE),
+            ("grpc.max_send_message_length", MAX_MESSAGE),
+            ("grpc.so_reuseport", 0),
+        ],
+    )
+    pb_grpc.add_PostClassifierServicer_to_server(Echo(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    server.start()
+    server.wait_for_termination()
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__)
+    p.add_argument("--port", type=int, required=True)
+    p.add_argument("--workers", type=int, default=64)
+    args = p.parse_args()
+    serve(args.port, args.workers)
+
+
+if __name__ == "__main__":
+    main()
