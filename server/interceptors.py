@@ -15,19 +15,36 @@ def _method_name(full: str) -> str:
     return full.rsplit("/", 1)[-1] if full else "unknown"
 
 
+MAX_CACHED_HANDLERS = 64  # timed twins kept (one per method; refusals are not kept past it)
+
+
 class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts unary calls by method and final status code and times them."""
+    """Counts unary calls by method and final status code and times them.
+
+    The interceptor runs on gRPC's one polling thread for every call, so the timed handler is
+    built once per method handler and reused, with its metric children looked up once: the
+    per-call work is two dict reads and the measurement itself."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
+        self._timed: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
     def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         handler = continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
-        name = _method_name(handler_call_details.method)
+        timed = self._timed.get(handler)
+        if timed is None:
+            timed = self._wrap(handler, _method_name(handler_call_details.method))
+            if len(self._timed) < MAX_CACHED_HANDLERS:
+                self._timed[handler] = timed
+        return timed
+
+    def _wrap(self, handler: grpc.RpcMethodHandler, name: str) -> grpc.RpcMethodHandler:
         inner = handler.unary_unary
-        metrics = self.metrics
+        latency = self.metrics.latency.labels(name)
+        requests = self.metrics.requests
+        counters: dict[grpc.StatusCode, Any] = {}  # status code → its counter child
 
         def behavior(request: Any, context: grpc.ServicerContext) -> Any:
             start = time.perf_counter()
@@ -40,8 +57,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
                 code = context.code() or grpc.StatusCode.UNKNOWN
                 raise
             finally:
-                metrics.requests.labels(name, code.name).inc()
-                metrics.latency.labels(name).observe(time.perf_counter() - start)
+                counter = counters.get(code)
+                if counter is None:
+                    counter = counters[code] = requests.labels(name, code.name)
+                counter.inc()
+                latency.observe(time.perf_counter() - start)
 
         return grpc.unary_unary_rpc_method_handler(
             behavior,
