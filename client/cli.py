@@ -237,3 +237,6 @@ def main(argv: list[str] | None = None) -> int:
     except (InvalidInputError, NotFoundError) as err:  # a bad or missing input file
         print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR
+    except BrokenPipeError:  # `... | head`: the reader left; end quietly, as CLI tools do
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_ERROR
