@@ -147,7 +147,8 @@ class Classifier:
         self, views: Views, batch_size: int = 8192, with_features: bool = False
     ) -> Predictions:
         """Deterministic prediction (dropout off, BN in eval) of `n` posts."""
-        self.net.eval()
+        if self.net.training:  # the served model is in eval already: skip the module walk
+            self.net.eval()
         head = head_per_row(views, self.net_config)
         probs, feats = [], []
         for start in range(0, len(views), batch_size):
