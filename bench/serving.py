@@ -39,12 +39,12 @@ DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
 # (posts per call, calls in flight, skip_pool)
 CELLS = ((1, 1, False), (1, 64, False), (1, 64, True), (64, 8, False), (64, 64, False))
 # mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms);
-# "echo" = the bare server; "postclf-linger0" writes each Classify pool entry at once.
+# "echo" = the bare server; "postclf-linger20" gathers Classify pool entries for 20 ms.
 MODES = {
     "echo": None,
-    "postclf": ("256", "2", 1, "20"),
-    "postclf-linger0": ("256", "2", 1, "0"),
-    "postclf-2proc": ("256", "2", 2, "20"),
+    "postclf": ("256", "2", 1, "0"),
+    "postclf-linger20": ("256", "2", 1, "20"),
+    "postclf-2proc": ("256", "2", 2, "0"),
 }
 
 
@@ -352,7 +352,7 @@ def ratios(med: dict[tuple, dict], predict64: float, predict256: float) -> dict[
         "1post_p99_vs_echo (target <= 2)": one["p99_ms"] / echo1["p99_ms"],
         "64post_posts_per_s_vs_predict_at_64 (target >= 0.8)": big / predict64,
         "64post_posts_per_s_vs_predict_at_256": big / predict256,
-        "1post_linger0_calls_per_s_vs_echo": med[("postclf-linger0", 1, 64, False)]["calls_per_s"]
+        "1post_linger20_calls_per_s_vs_echo": med[("postclf-linger20", 1, 64, False)]["calls_per_s"]
         / echo1["calls_per_s"],
         "1post_cpu_per_call_vs_echo": one["server_cpu_us_per_call"]
         / echo1["server_cpu_us_per_call"],

@@ -80,7 +80,7 @@ class ServerConfig:
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
     # How long the pool writer gathers Classify's best-effort entries into one durable write
     # (0: write what is queued at once). IngestPosts never waits for it.
-    pool_linger_ms: float = 20.0
+    pool_linger_ms: float = 0.0  # bench.serving compares 0 and 20: no gain measured yet
     bootstrap: bool = True  # train the demo model when the registry is empty
     bootstrap_data: Path = DEFAULT_DATA_DIR / "reviews.npz"
     # Share of each class's train rows the demo pools unlabeled, so the first nightly has real
