@@ -7,15 +7,7 @@ from dataclasses import dataclass
 
 from store.ledger import LabelRow, Ledger
 
-
-@dataclass(frozen=True)
-class LabelIn:
-    """One label as an assessor submits it: a class *name* for a post."""
-
-    post_id: str
-    label: str
-    assessor_id: str
-    query_id: str | None = None
+__all__ = ["LabelRow", "Rejection", "SubmitResult", "submit_labels"]
 
 
 @dataclass(frozen=True)
@@ -34,7 +26,7 @@ class SubmitResult:
     corrections: int = 0  # part of `accepted`
 
 
-def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection | None:
+def _check(i: int, item: LabelRow, classes: set[str], known: bool) -> Rejection | None:
     where = f"labels[{i}]"
     if not item.post_id:
         return Rejection(i, item.post_id, f"{where}.post_id", "empty post_id")
@@ -48,7 +40,7 @@ def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection |
 
 
 def submit_labels(
-    ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
+    ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelRow]
 ) -> SubmitResult:
     """Reject unknown posts, unknown classes and empty assessors, and a second, different label
     from the same assessor for the same post within one call (so that `accepted` counts rows

@@ -20,10 +20,10 @@ from pathlib import Path
 from typing import Any
 
 from batch_jobs.config import JobConfig, Paths
-from batch_jobs.labels import LabelIn, SubmitResult, submit_labels
+from batch_jobs.labels import SubmitResult, submit_labels
 from postclf_errors import JobCancelledError
 from store.lease import JobScope
-from store.ledger import Ledger
+from store.ledger import LabelRow, Ledger
 
 JOB_THREAD_PREFIX = "job-"  # the daemon threads jobs run in (see server/__main__.py)
 
@@ -39,7 +39,7 @@ class Jobs:
     scope: JobScope = field(default_factory=JobScope)
 
     def submit_labels(
-        self, ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
+        self, ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelRow]
     ) -> SubmitResult:
         return submit_labels(ledger, classes, labels)
 

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from batch_jobs.labels import LabelIn, SubmitResult
+from batch_jobs.labels import SubmitResult
 from model.data import Views
 from model.registry import ModelRegistry, VersionInfo
 from postclf_errors import InvalidInputError
@@ -17,7 +17,7 @@ from server.jobs import Jobs
 from server.metrics import Metrics
 from server.models import ModelHolder
 from server.poolwriter import PoolBatch, PoolWriter
-from store.ledger import Ledger, QueryRecord
+from store.ledger import LabelRow, Ledger, QueryRecord
 from store.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -62,7 +62,7 @@ class PostService:
         new = done.result()  # group commit with concurrent calls; a failed write raises
         return new, len(post_ids) - new
 
-    def submit_labels(self, rows: list[LabelIn]) -> SubmitResult:
+    def submit_labels(self, rows: list[LabelRow]) -> SubmitResult:
         """Store labels durably (committed before return); bad items come back as rejections."""
         classes = self.holder.require().classes
         self.writer.sync()  # posts classified just before are known to the ledger

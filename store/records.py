@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One assessor's label (a class name) for one post."""
+    """One assessor's label (a class name) for one post: what an assessor submits (through
+    any door: RPC, file import, bootstrap) and what the ledger stores."""
 
     post_id: str
     assessor_id: str
