@@ -14,6 +14,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev,ray]' --config-settings editable_mode=compat
+	$(BIN)/pip install -q --no-deps crowd-kit==1.4.2  # deps pinned in pyproject.toml (why there)
 	touch $@
 
 $(STUBS): $(PROTOS) $(BIN)/.installed
