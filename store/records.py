@@ -34,6 +34,8 @@ class QueryItem:
     predicted_label: str | None
     confidence: float | None
     reason: str | None
+    kind: str = "new"  # new | relabel (an unsure label asked again) | control (known answer)
+    gold_label: str | None = None  # control items: the known answer (never exported)
 
 
 @dataclass(frozen=True)

@@ -48,9 +48,11 @@ def test_export_folder_contents(paths, job_cfg, small):
     folder = paths.exports / rep.query_id
     assert rep.export_path == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
+        "label_config.xml",  # Label Studio's interface and tasks (issue 13)
         "manifest.json",
         "query.csv",
         "query.parquet",
+        "tasks.json",
     ]
     table, manifest = read_export(folder)
     assert list(table.columns) == COLUMNS
