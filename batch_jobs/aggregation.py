@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from batch_jobs.config import CrowdConfig
+from store.ledger import Ledger
 
 METHODS = ("auto", "ds", "mv")  # auto: DS on items with ≥ 2 labels, MV on single-label items
 
@@ -68,7 +69,8 @@ def dawid_skene(
 ) -> tuple[np.ndarray, np.ndarray, dict[int, float], dict[int, np.ndarray]]:
     """crowd-kit's Dawid-Skene EM: `(items (k,), posteriors (k, C), accuracy, confusion)`.
 
-    `accuracy[w]` = Σ_c prior(c)·P(w answers c | true c); `confusion[w]` is `(C, C)`, row = the
+    `accuracy[w]` = Σ_c prior(c)·P(w answers c | true c) over the classes `w` answered
+    (prior renormalised over them); `confusion[w]` is `(C, C)`, row = the
     true class, column = the answer (classes nobody answered get a zero column)."""
     from crowdkit.aggregation import DawidSkene  # imports nltk/sklearn: only when needed
 
@@ -88,7 +90,9 @@ def dawid_skene(
         for (_w, answer), row in frame.iterrows():
             for true, p in row.items():
                 conf[int(true), int(answer)] = float(p)
-        accuracy[int(worker)] = float(np.sum(prior * np.diag(conf)))
+        seen = conf.sum(0) > 0  # classes this worker answered: the ones with evidence
+        weight = prior * seen
+        accuracy[int(worker)] = float(np.sum(weight * np.diag(conf)) / max(weight.sum(), 1e-12))
         confusion[int(worker)] = conf
     return items[order], post[order], accuracy, confusion
 
@@ -308,3 +312,10 @@ def _flag(q: AssessorQuality, excluded: bool, cfg: CrowdConfig) -> AssessorQuali
     )
     reason = f"{source} < quality_floor {cfg.quality_floor}: labels excluded"
     return replace(q, excluded=excluded, reason=reason)
+
+
+def assessor_quality(
+    ledger: Ledger, classes: Sequence[str], cfg: CrowdConfig
+) -> list[AssessorQuality]:
+    """Every assessor's quality over the ledger's labels now (what retraining would decide)."""
+    return aggregate_rows(ledger.labels(), classes, cfg, ledger.control_answers()).assessors

@@ -8,6 +8,7 @@ from typing import Any
 
 import numpy as np
 
+from batch_jobs.aggregation import AssessorQuality, assessor_quality
 from batch_jobs.labels import SubmitResult
 from model.data import Views
 from model.registry import ModelRegistry, VersionInfo
@@ -95,6 +96,13 @@ class PostService:
 
     def list_queries(self, limit: int) -> list[QueryRecord]:
         return self.ledger.list_queries(limit=limit)
+
+    def assessors(self) -> tuple[list[AssessorQuality], float]:
+        """Every assessor's quality as retraining would judge it now (and the floor)."""
+        crowd = self.jobs.cfg.crowd
+        quality = assessor_quality(self.ledger, self.holder.require().classes, crowd)
+        self.metrics.observe_assessors(quality)
+        return quality, crowd.quality_floor
 
     def _reload(self) -> str | None:
         model = self.holder.refresh()
