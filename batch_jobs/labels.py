@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from store.ledger import LabelRow, Ledger
 
 __all__ = ["LabelRow", "Rejection", "SubmitResult", "submit_labels"]
+MAX_ASSESSOR_BYTES = 128  # as the RPC's limit: every door into the ledger checks it
 
 
 @dataclass(frozen=True)
@@ -36,6 +37,11 @@ def _check(i: int, item: LabelRow, classes: set[str], known: bool) -> Rejection 
         return Rejection(i, item.post_id, f"{where}.label", f"unknown class {item.label!r}")
     if not item.assessor_id or not item.assessor_id.strip():
         return Rejection(i, item.post_id, f"{where}.assessor_id", "empty assessor_id")
+    if len(item.assessor_id.encode()) > MAX_ASSESSOR_BYTES:
+        why = f"assessor_id longer than {MAX_ASSESSOR_BYTES} bytes"
+        return Rejection(i, item.post_id, f"{where}.assessor_id", why)
+    if not item.assessor_id.strip().isprintable():  # ids reach logs and metric labels
+        return Rejection(i, item.post_id, f"{where}.assessor_id", "control characters")
     return None
 
 

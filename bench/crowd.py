@@ -114,6 +114,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--query-size", type=int, default=50)
     p.add_argument("--steps", type=int, default=10)
     p.add_argument("--seeds", type=int, default=3)
+    p.add_argument("--first-seed", type=int, default=0, help="seeds first-seed … +seeds-1")
     p.add_argument("--arms", default=",".join(ARMS))
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--out", type=Path, default=RESULTS / "crowd.json")
@@ -122,7 +123,7 @@ def main(argv: list[str] | None = None) -> None:
     torch.set_num_threads(args.threads)
     ds = load_dataset(args.dataset, args.data_dir)
     runs = []
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.first_seed + args.seeds):
         for arm in args.arms.split(","):
             runs.append(run_arm(arm, args, ds, seed))
             r = runs[-1]

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import json
+
 import numpy as np
+import pytest
 
 from batch_jobs.assessors import CrowdOracle, SimulatedTeam, similar_class_confusion
 
@@ -38,3 +41,29 @@ def test_oracle_aggregates_every_answer_so_far():
     rows, _labels = oracle.labels()
     assert rows.tolist() == list(range(300)) and len(copy.labels()[0]) == 200
     assert oracle.label_accuracy() > 0.9  # three fair assessors agree more than each alone
+
+
+def test_simulate_with_assessors_records_label_accuracy(data_dir, tmp_path):
+    from batch_jobs import simulate
+
+    simulate.main(
+        [
+            "--dataset", "reviews_small", "--data-dir", str(data_dir), "--out", str(tmp_path),
+            "--strategies", "margin", "--initial", "60", "--query-size", "10", "--steps", "1",
+            "--seeds", "1", "--quiet", "--d", "16", "--epochs", "2", "--finetune-epochs", "2",
+            "--no-calibrate", "--assessors", "0.9,0.75,0.6", "--overlap", "3", "--aggregate", "mv",
+        ]
+    )  # fmt: skip
+    raw = json.loads((tmp_path / "raw.json").read_text())
+    assert raw["config"]["assessors"] == [0.9, 0.75, 0.6] and raw["config"]["overlap"] == 3
+    (curve,) = raw["curves"]["margin"]
+    assert len(curve["label_accuracy"]) == len(curve["labels"]) == 2
+    assert all(0.5 < a < 1.0 for a in curve["label_accuracy"])  # noisy, not random
+
+
+@pytest.mark.parametrize("bad", ["0.9,x", "1.5", ""])
+def test_simulate_rejects_bad_accuracies(bad):
+    from batch_jobs import simulate
+
+    with pytest.raises(SystemExit):
+        simulate.parse_args(["--out", "x", "--assessors", bad])

@@ -59,3 +59,20 @@ def test_only_bad_items_write_nothing(ledger):
     got = submit_labels(ledger, CLASSES, [LabelRow("nope", "ann", "Dresses")])
     assert (got.accepted, len(got.rejected)) == (0, 1)
     assert ledger.labels() == []
+
+
+def test_assessor_ids_are_bounded_and_printable(ledger):
+    got = submit_labels(
+        ledger,
+        CLASSES,
+        [
+            LabelRow("p1", "a" * 129, "Dresses"),
+            LabelRow("p1", "ann\nroot", "Dresses"),
+            LabelRow("p1", "ann", "Dresses"),
+        ],
+    )
+    assert [(r.index, r.field, r.reason) for r in got.rejected] == [
+        (0, "labels[0].assessor_id", "assessor_id longer than 128 bytes"),
+        (1, "labels[1].assessor_id", "control characters"),
+    ]
+    assert got.accepted == 1  # the good label of the same call is stored
