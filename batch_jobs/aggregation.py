@@ -170,15 +170,18 @@ class Aggregated:
     low_confidence: list[str]  # posts below min_confidence (re-asked by the next query)
 
     def summary(self) -> dict[str, Any]:
-        """For the retrain report: labels per method, exclusions with reasons."""
+        """For the retrain report: labels per method, exclusions with reasons, and each
+        assessor's accuracy estimates (what the server's gauges show)."""
         kinds, counts = np.unique(self.method, return_counts=True)
         return {
             "methods": {str(k): int(c) for k, c in zip(kinds, counts, strict=True)},
             "low_confidence": len(self.low_confidence),
             "excluded_assessors": {a.assessor_id: a.reason for a in self.assessors if a.excluded},
+            "assessors": [{k: getattr(a, k) for k in GAUGED} for a in self.assessors],
         }
 
 
+GAUGED = ("assessor_id", "control_accuracy", "ds_accuracy", "excluded")
 LedgerRow = tuple[str, str, str, bool]  # (post_id, assessor_id, label, holdout)
 ControlAnswer = tuple[str, str, str, str]  # (post_id, assessor_id, answer, gold label)
 

@@ -94,14 +94,16 @@ class Metrics:
             self.nightly_posts.labels(f"skipped_{reason}").set(n)
         self.nightly_rss.set(report.peak_rss_mb * 2**20)
 
-    def observe_assessors(self, quality: list[Any]) -> None:
-        """Per assessor: accuracy on control items, DS estimate, excluded (1) or not (0)."""
+    def observe_assessors(self, quality: list[dict[str, Any]]) -> None:
+        """Per assessor (a retrain report's `aggregation.assessors`): accuracy on control
+        items, DS estimate, excluded (1) or not (0)."""
         for q in quality:
-            if q.control_accuracy is not None:
-                self.assessor_accuracy.labels(q.assessor_id, "control").set(q.control_accuracy)
-            if q.ds_accuracy is not None:
-                self.assessor_accuracy.labels(q.assessor_id, "dawid_skene").set(q.ds_accuracy)
-            self.assessor_excluded.labels(q.assessor_id).set(int(q.excluded))
+            who = q["assessor_id"]
+            if q.get("control_accuracy") is not None:
+                self.assessor_accuracy.labels(who, "control").set(q["control_accuracy"])
+            if q.get("ds_accuracy") is not None:
+                self.assessor_accuracy.labels(who, "dawid_skene").set(q["ds_accuracy"])
+            self.assessor_excluded.labels(who).set(int(bool(q.get("excluded"))))
 
     def observe_batch(self, posts: int, calls: int) -> None:
         self.batch_posts.observe(posts)

@@ -8,7 +8,7 @@ from typing import Any
 
 import numpy as np
 
-from batch_jobs.aggregation import AssessorQuality, assessor_quality
+from batch_jobs.aggregation import GAUGED, AssessorQuality, assessor_quality
 from batch_jobs.labels import SubmitResult
 from model.data import Views
 from model.registry import ModelRegistry, VersionInfo
@@ -87,11 +87,14 @@ class PostService:
         report = self.jobs.run_nightly(dry_run=dry_run, seed=seed)
         if not dry_run:
             self.metrics.observe_nightly(report)
+            aggregation = (report.retrain or {}).get("aggregation") or {}
+            self.metrics.observe_assessors(aggregation.get("assessors", []))
         return report, self._reload()
 
     def retrain(self, force: bool) -> tuple[Any, str | None]:
         self._before_job()
         report = self.jobs.retrain(force)
+        self.metrics.observe_assessors(getattr(report, "aggregation", {}).get("assessors", []))
         return report, self._reload()
 
     def list_queries(self, limit: int) -> list[QueryRecord]:
@@ -101,7 +104,7 @@ class PostService:
         """Every assessor's quality as retraining would judge it now (and the floor)."""
         crowd = self.jobs.cfg.crowd
         quality = assessor_quality(self.ledger, self.holder.require().classes, crowd)
-        self.metrics.observe_assessors(quality)
+        self.metrics.observe_assessors([{k: getattr(q, k) for k in GAUGED} for q in quality])
         return quality, crowd.quality_floor
 
     def _reload(self) -> str | None:

@@ -111,6 +111,10 @@ def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(running, t
     assert agg["methods"]["ds"] == 24, agg  # the 24 new posts have several labels
     assert "eve@example.org" in agg["excluded_assessors"], agg
     assert "control accuracy 0.000" in agg["excluded_assessors"]["eve@example.org"]
+    gauge = app.service.metrics.registry.get_sample_value
+    assert gauge("postclf_assessor_excluded", {"assessor": "eve@example.org"}) == 1.0
+    assert gauge("postclf_assessor_excluded", {"assessor": "ann"}) == 0.0
+    assert gauge("postclf_assessor_accuracy", {"assessor": "ann", "source": "control"}) == 1.0
 
     reply = admin.ListAssessors(pb.ListAssessorsRequest(), timeout=30)
     by_id = {a.assessor_id: a for a in reply.assessors}
