@@ -43,5 +43,9 @@ class LeaseLostError(ConflictError):
     """A job's lease was taken over (its heartbeat stalled past the TTL); it must not commit."""
 
 
+class DeadlineExpiredError(PostclfError):
+    """A queued call whose deadline passed before it was computed; nothing was done for it."""
+
+
 class JobCancelledError(PostclfError):
     """A job stopped at a safe point because the process is shutting down; nothing promoted."""

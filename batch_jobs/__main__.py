@@ -15,9 +15,10 @@ from pathlib import Path
 from typing import Any
 
 from batch_jobs.config import JobConfig, Paths, load_job_file
+from batch_jobs.datasets import DEFAULT_DATA_DIR
 from postclf_errors import JobBusyError
 
-DEFAULT_DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reviews.npz"
+DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -40,6 +41,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     re.add_argument("--force", action="store_true", help="even with few new labels")
     boot = sub.add_parser("bootstrap", help="train and promote the first model if none exists")
     boot.add_argument("--data", type=Path, default=None, help="labeled .npz (env POSTCLF_DATA)")
+    boot.add_argument(
+        "--unlabeled-share",
+        type=float,
+        default=0.0,
+        help="share of each class's train rows pooled without a label (0 ≤ x < 1)",
+    )
     return ap.parse_args(argv)
 
 
@@ -103,7 +110,9 @@ def _run(args: argparse.Namespace) -> int:
         from batch_jobs.bootstrap import ensure_model
 
         data = args.data or Path(os.environ.get("POSTCLF_DATA", DEFAULT_DATA))
-        print_report({"current_version": ensure_model(paths, cfg, data)}, args.json)
+        print_report(
+            {"current_version": ensure_model(paths, cfg, data, args.unlabeled_share)}, args.json
+        )
     return 0
 
 

@@ -20,7 +20,7 @@ from batch_jobs.runners import ModelRef, Task, run_scoring
 from batch_jobs.scoring import MemorySource, Scored, Source
 from model.classifier import Classifier
 from model.data import Views
-from model.training import LabeledViews, TrainConfig, finetune_active, train_passive
+from model.training import EpochHook, LabeledViews, TrainConfig, finetune_active, train_passive
 
 __all__ = ["ProposedQuery", "QueryConfig", "fold_in", "propose", "propose_query"]
 
@@ -112,8 +112,10 @@ def fold_in(
     val: LabeledViews | None,
     classes: list[str],
     cfg: TrainConfig,
+    on_epoch: EpochHook | None = None,
 ) -> Classifier:
-    """Active phase (fine-tune `parent`, BN frozen) or, with no parent, the passive phase."""
+    """Active phase (fine-tune `parent`, BN frozen) or, with no parent, the passive phase
+    (`on_epoch`: progress of a passive training)."""
     if parent is None:
-        return train_passive(labeled, val, classes, cfg)
+        return train_passive(labeled, val, classes, cfg, on_epoch)
     return finetune_active(parent, labeled, val, cfg)

@@ -17,7 +17,8 @@ import numpy as np
 from model.data import Views
 from postclf_errors import InvalidInputError, NotFoundError
 
-DEFAULT_DATA_DIR = Path("../shared/data")
+# The one data folder constant: ../shared/data beside the checkout (not the working directory).
+DEFAULT_DATA_DIR = Path(__file__).resolve().parents[2] / "shared" / "data"
 SPLITS = ("train", "val", "test")
 MNIST_KEYS = {"x_train", "y_train", "x_test", "y_test"}
 MNIST_TRAIN, MNIST_TEST = 4000, 400  # the published experiment's slices
@@ -77,16 +78,23 @@ def resolve(name_or_path: str | Path, data_dir: Path = DEFAULT_DATA_DIR) -> Path
     raise NotFoundError(f"no data set {name_or_path!r} (looked in {data_dir})")
 
 
-def load_dataset(name_or_path: str | Path, data_dir: Path = DEFAULT_DATA_DIR) -> Dataset:
-    """Read a data set by name (`data_dir/<name>.npz|.parquet`) or path."""
-    path = resolve(name_or_path, data_dir)
+def read_arrays(path: Path) -> dict[str, np.ndarray]:
+    """The one file reader: every column of an .npz or .parquet file as an array (embedding
+    columns `(n, dim)` float32 with NaN rows where a view is missing)."""
+    if not path.exists():
+        raise NotFoundError(f"no such file: {path}")
     if path.suffix == ".parquet":
-        arrays = _read_parquet(path)
-    elif path.suffix == ".npz":
+        return _read_parquet(path)
+    if path.suffix == ".npz":
         with np.load(path, allow_pickle=False) as d:
-            arrays = {k: d[k] for k in d.files}
-    else:
-        raise InvalidInputError(f"unsupported file type {path.suffix!r}", "dataset")
+            return {k: d[k] for k in d.files}
+    raise InvalidInputError(f"unsupported file type {path.suffix!r} (.npz or .parquet)", "path")
+
+
+def load_dataset(name_or_path: str | Path, data_dir: Path = DEFAULT_DATA_DIR) -> Dataset:
+    """Read a labeled data set by name (`data_dir/<name>.npz|.parquet`) or path."""
+    path = resolve(name_or_path, data_dir)
+    arrays = read_arrays(path)
     if arrays.keys() >= MNIST_KEYS:
         return _mnist(path.stem, arrays)
     return _from_arrays(path.stem, arrays)

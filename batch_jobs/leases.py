@@ -7,11 +7,12 @@ temporary export folders, a lease row) is cleaned up now, not at the next schedu
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterator
-from contextlib import AbstractContextManager, contextmanager
+from collections.abc import Callable
+from contextlib import AbstractContextManager
 
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import remove_stale_exports
+from batch_jobs.stores import open_ledger
 from store.lease import Lease, job_lease, recover
 from store.ledger import Ledger
 
@@ -27,33 +28,27 @@ def _cleanup_exports(paths: Paths) -> None:
         log.warning("event=stale_exports_removed folders=%s", removed)
 
 
-@contextmanager
-def nightly_lease(ledger: Ledger, paths: Paths, cfg: JobConfig) -> Iterator[Lease]:
-    """The nightly job's lease; a dead run's `.tmp-*` export folders go on acquisition."""
-    with job_lease(
-        ledger,
-        NIGHTLY,
-        cfg.lock_ttl_s,
-        cfg.lock_heartbeat_s,
-        on_acquire=lambda: _cleanup_exports(paths),
-    ) as lease:
-        yield lease
+def _on_acquire(name: str, paths: Paths) -> Callable[[], None] | None:
+    """What taking over a job's lease cleans up: a dead nightly's `.tmp-*` export folders."""
+    return (lambda: _cleanup_exports(paths)) if name == NIGHTLY else None
 
 
-def lease_for(ledger: Ledger, name: str, cfg: JobConfig) -> AbstractContextManager[Lease]:
-    """The lease of a job without extra cleanup (retrain, bootstrap)."""
-    return job_lease(ledger, name, cfg.lock_ttl_s, cfg.lock_heartbeat_s)
+def lease_for(
+    ledger: Ledger, name: str, paths: Paths, cfg: JobConfig
+) -> AbstractContextManager[Lease]:
+    """The one way a job takes its lease (JobBusyError while a live holder has it)."""
+    if name not in JOBS:
+        raise ValueError(f"unknown job {name!r}")
+    return job_lease(
+        ledger, name, cfg.lock_ttl_s, cfg.lock_heartbeat_s, on_acquire=_on_acquire(name, paths)
+    )
 
 
 def recover_all(paths: Paths, cfg: JobConfig) -> dict[str, bool]:
     """Take and release each job's lease once, cleaning up after a dead holder; a job whose
     lease a live holder has is left alone (False)."""
-    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
+    ledger = open_ledger(paths, cfg)
     try:
-        out = {}
-        for name in JOBS:
-            cleanup = (lambda: _cleanup_exports(paths)) if name == NIGHTLY else None
-            out[name] = recover(ledger, name, on_acquire=cleanup)
-        return out
+        return {name: recover(ledger, name, on_acquire=_on_acquire(name, paths)) for name in JOBS}
     finally:
         ledger.close()

@@ -25,11 +25,12 @@ from tqdm import tqdm
 from batch_jobs.active_step import ProposedQuery, propose
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
-from batch_jobs.leases import nightly_lease
+from batch_jobs.leases import NIGHTLY, lease_for
 from batch_jobs.query_plan import merge, plan_extras
 from batch_jobs.retrain import retrain
 from batch_jobs.runners import ModelRef
 from batch_jobs.scoring import PoolSource
+from batch_jobs.stores import Stores, job_stores
 from model.registry import ModelRegistry
 from store.ledger import Ledger, QueryItem, QueryRecord
 from store.pool import Pool, id_hashes
@@ -89,18 +90,6 @@ class _Stages:
         self.bar.close()
 
 
-@contextmanager
-def open_stores(paths: Paths, cfg: JobConfig) -> Iterator[tuple[Ledger, Pool]]:
-    """The one way jobs open the ledger and the pool (closed on exit)."""
-    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    pool = Pool(paths.pool, cfg.pool_dtype)
-    try:
-        yield ledger, pool
-    finally:
-        pool.close()
-        ledger.close()
-
-
 def run_nightly(
     paths: Paths,
     cfg: JobConfig,
@@ -113,10 +102,11 @@ def run_nightly(
     writes nothing (no lock, no query, no export): it reports what would be queried."""
     night = night or datetime.now(UTC).date()
     report = NightlyReport(night.isoformat(), "skipped")
-    with open_stores(paths, cfg) as (ledger, pool):
+    with job_stores(paths, cfg) as stores:
+        ledger, pool = stores.ledger, stores.pool
         if dry_run:
             return _run(paths, cfg, ledger, pool, night, report, dry_run=True, progress=progress)
-        with nightly_lease(ledger, paths, cfg) as lease:  # JobBusyError: a live run holds it
+        with lease_for(ledger, NIGHTLY, paths, cfg) as lease:  # JobBusyError: a live run holds it
             run_id = ledger.start_job("nightly")
             try:
                 _run(paths, cfg, ledger, pool, night, report, dry_run=False, progress=progress,
@@ -153,7 +143,7 @@ def _run(
             with stage("expire"):  # labeled and queried posts keep their embeddings
                 report.expired = pool.expire(night - timedelta(days=cfg.pool_days), excluded)
             with stage("retrain"):
-                report.retrain = _retrain_reported(paths, cfg)
+                report.retrain = _retrain_reported(paths, cfg, Stores(ledger, pool))
         existing = ledger.query_for_night(night.isoformat())
         if existing is not None:
             return _existing(paths, ledger, existing, report, dry_run)
@@ -260,10 +250,10 @@ def _peak_rss(report: NightlyReport) -> None:
     report.peak_rss_children_mb = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
 
 
-def _retrain_reported(paths: Paths, cfg: JobConfig) -> dict[str, Any]:
+def _retrain_reported(paths: Paths, cfg: JobConfig, stores: Stores) -> dict[str, Any]:
     """Retrain; a failure is logged and reported, and the night goes on with the current model."""
     try:
-        return retrain(paths, cfg).to_dict()
+        return retrain(paths, cfg, stores=stores).to_dict()  # the night's stores, not a 2nd pair
     except Exception as err:  # reported in the job run; the query is still made
         log.exception("event=nightly_retrain_failed")
         return {"status": "failed", "reason": repr(err)}

@@ -21,6 +21,7 @@ from batch_jobs.aggregation import aggregate_rows
 from batch_jobs.config import CrowdConfig, JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
+from batch_jobs.stores import Stores, job_stores
 from model.classifier import Classifier
 from model.registry import ModelRegistry
 from model.training import LabeledViews, macro_f1
@@ -141,7 +142,9 @@ def decide(
     return cand["accuracy"] >= floor, reason
 
 
-def retrain(paths: Paths, cfg: JobConfig, force: bool = False) -> RetrainReport:
+def retrain(
+    paths: Paths, cfg: JobConfig, force: bool = False, stores: Stores | None = None
+) -> RetrainReport:
     """Fold new labels into the current model; promote the candidate only if the gate agrees.
 
     Skips (with a reason) when fewer than `cfg.min_new_labels` labels were written since the
@@ -149,17 +152,17 @@ def retrain(paths: Paths, cfg: JobConfig, force: bool = False) -> RetrainReport:
     holds the lease, and JobCancelledError / LeaseLostError instead of promoting once the
     server is shutting down or the lease was lost (the candidate stays saved, unpromoted).
     """
-    ledger = Ledger(paths.ledger, cfg.ledger_synchronous, cfg.holdout_fraction)
-    try:
-        with lease_for(ledger, LOCK, cfg) as lease:
-            return _retrain_locked(paths, cfg, ledger, lease, force)
-    finally:
-        ledger.close()
+    with (
+        job_stores(paths, cfg, stores) as st,
+        lease_for(st.ledger, LOCK, paths, cfg) as lease,
+    ):
+        return _retrain_locked(paths, cfg, st, lease, force)
 
 
 def _retrain_locked(
-    paths: Paths, cfg: JobConfig, ledger: Ledger, lease: Lease, force: bool
+    paths: Paths, cfg: JobConfig, stores: Stores, lease: Lease, force: bool
 ) -> RetrainReport:
+    ledger = stores.ledger
     t0 = time.perf_counter()
     registry = ModelRegistry(paths.models)
     parent_version = registry.current_version()
@@ -175,7 +178,7 @@ def _retrain_locked(
         return report
     resolved, report.aggregation = resolve_crowd(ledger, current.classes, cfg.crowd)
     report.ties, report.unknown_class = resolved.ties, resolved.unknown_class
-    data, hold, report.missing_embeddings = gather(Pool(paths.pool), resolved)
+    data, hold, report.missing_embeddings = gather(stores.pool, resolved)
     if data is None:
         report.reason = "no labeled post has an embedding in the pool"
         return report

@@ -33,14 +33,15 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from batch_jobs.datasets import DEFAULT_DATA_DIR
+from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from client.encode import arrays_to_posts
 from store.ledger import Ledger
 from store.pool import Pool
 
 ROOT = Path(__file__).resolve().parents[1]
-DATA = ROOT.parent / "shared" / "data" / "reviews_small.npz"
+DATA = DEFAULT_DATA_DIR / "reviews_small.npz"
 JOBS_TOML = """
 [jobs]
 min_new_labels = 1

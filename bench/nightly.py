@@ -26,11 +26,12 @@ import torch
 from acquisition.scores import STRATEGIES
 from acquisition.selection import select_query
 from batch_jobs.active_step import QueryConfig, propose_query
+from batch_jobs.datasets import DEFAULT_DATA_DIR
 from model.classifier import Classifier
 from model.data import Views
 from model.training import LabeledViews, TrainConfig, train_passive
 
-DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "reviews.npz"
+DATA = DEFAULT_DATA_DIR / "reviews.npz"
 PROJECT_TO = 10_000_000
 
 

@@ -29,7 +29,9 @@ from pathlib import Path
 
 import numpy as np
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "reviews.npz"
+from batch_jobs.datasets import DEFAULT_DATA_DIR
+
+DATA = DEFAULT_DATA_DIR / "reviews.npz"
 NOISE = 0.01
 BLOCK = 1 << 16  # rows per append (= one pool segment)
 

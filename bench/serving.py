@@ -28,8 +28,10 @@ from pathlib import Path
 
 import numpy as np
 
+from batch_jobs.datasets import DEFAULT_DATA_DIR
+
 ROOT = Path(__file__).resolve().parents[1]
-DEFAULT_DATA = ROOT / ".." / "shared" / "data" / "reviews.npz"
+DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
 CONCURRENCY = (1, 8, 64)
 BATCHES = (1, 64)
 # mode → (max_batch, max_delay_ms, server processes sharing the port)
@@ -38,8 +40,8 @@ MODES = {"on": ("256", "2", 1), "off": ("1", "0", 1), "on-2proc": ("256", "2", 2
 
 # -- client process ---------------------------------------------------------------------------
 def _requests(data: Path, batch: int, count: int) -> list:
-    from postclf.v1 import postclf_pb2 as pb
     from client.encode import arrays_to_posts
+    from postclf.v1 import postclf_pb2 as pb
 
     d = np.load(data)
     rows = np.flatnonzero(d["split"] == "test")

@@ -1,1 +1,1 @@
-"""The command-line client and the encoders other services (and our benches) use to build requests."""
+"""The command-line client and the request encoders other services and our benches use."""

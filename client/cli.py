@@ -26,11 +26,12 @@ import numpy as np
 from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from batch_jobs.datasets import read_arrays
 from batch_jobs.label_files import read_labels_file
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from postclf_errors import InvalidInputError
+from postclf_errors import InvalidInputError, NotFoundError
 
 MAX_MESSAGE = 256 * 1024 * 1024
 LABELS_PER_CALL = 5000  # under the server's default max_labels_per_call (10k)
@@ -40,29 +41,16 @@ def load_posts_file(
     path: Path, limit: int | None
 ) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
     """`(post_ids (n,), image (n, di) | None, text (n, dt) | None)`, NaN rows = missing."""
-    if path.suffix == ".parquet":
-        import pyarrow.parquet as pq  # only this command needs it
-
-        table = pq.read_table(path).slice(0, limit)
-        cols = {name: table.column(name).to_pylist() for name in table.column_names}
-        ids = np.asarray(cols["post_id"], dtype=str)
-        return ids, _stack(cols.get("image")), _stack(cols.get("text"))
-    with np.load(path) as d:
-        n = limit if limit is not None else len(d["post_id"])
-        image = d["image"][:n] if "image" in d.files else None
-        text = d["text"][:n] if "text" in d.files else None
-        return d["post_id"][:n].astype(str), image, text
-
-
-def _stack(rows: list | None) -> np.ndarray | None:
-    if rows is None:
-        return None
-    dim = next((len(r) for r in rows if r is not None), 0)
-    out = np.full((len(rows), dim), np.nan, np.float32)
-    for i, row in enumerate(rows):
-        if row is not None:
-            out[i] = row
-    return out
+    arrays = read_arrays(path)  # the data sets' one reader (.npz / .parquet)
+    if "post_id" not in arrays:
+        raise InvalidInputError(f"{path} has no post_id column", "post_id")
+    rows = slice(0, limit)
+    image, text = arrays.get("image"), arrays.get("text")
+    return (
+        np.asarray(arrays["post_id"][rows]).astype(str),
+        None if image is None else image[rows],
+        None if text is None else text[rows],
+    )
 
 
 def _batches(n: int, size: int) -> Iterator[slice]:
@@ -267,4 +255,7 @@ def main(argv: list[str] | None = None) -> int:
         if job and code in (grpc.StatusCode.ABORTED, grpc.StatusCode.UNAVAILABLE):
             print(f"{args.command}: the job did not run", file=sys.stderr)
             return EXIT_NOT_RUN
+        return EXIT_ERROR
+    except (InvalidInputError, NotFoundError) as err:  # a bad or missing input file
+        print(f"error: {err}", file=sys.stderr)
         return EXIT_ERROR

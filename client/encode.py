@@ -1,4 +1,4 @@
-"""Client side: NaN-row numpy arrays (the data sets' form) → `Post` messages with `bytes` embeddings."""
+"""Client side: NaN-row numpy arrays (the data sets' form) → `Post` messages (bytes)."""
 
 from __future__ import annotations
 

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from model.data import Standardizer, Views
-from model.network import HEADS, Dropout, NetConfig, build_network, no_dropout
+from model.network import HEADS, Dropout, NetConfig, Network, Trident, build_network, no_dropout
 from postclf_errors import InvalidInputError
 
 CHECKPOINT_FORMAT = 1
@@ -105,7 +105,7 @@ def head_per_row(views: Views, net_cfg: NetConfig) -> np.ndarray:
 class Classifier:
     """Network + input standardiser + class names + per-head temperatures + metadata."""
 
-    net: torch.nn.Module
+    net: Network
     standardizer: Standardizer
     classes: list[str]
     temperature: dict[str, float] = field(default_factory=dict)
@@ -113,7 +113,7 @@ class Classifier:
 
     @property
     def net_config(self) -> NetConfig:
-        return self.net.cfg  # type: ignore[return-value]
+        return self.net.cfg
 
     def tensors(self, views: Views) -> Inputs:
         """Standardised `(image, text, image_mask, text_mask)` tensors in the model's layout."""
@@ -194,10 +194,10 @@ class Classifier:
     def _mc_generic(self, part: Views, head: np.ndarray, samples: int, drop: Dropout) -> np.ndarray:
         """T samples of any mix of rows via `net.from_prefix`. `head (T·B,)` → `(T·B, C)`."""
         img, txt, im, tm = self.tensors(part)
-        hi, ht = self.net.prefix(  # type: ignore[operator]
+        hi, ht = self.net.prefix(
             img[im] if img is not None else None, txt[tm] if txt is not None else None
         )  # (n_img, 4d), (n_txt, 2d): computed once for all T samples
-        logits = self.net.from_prefix(  # type: ignore[operator]
+        logits = self.net.from_prefix(
             _repeat(hi, samples), _repeat(ht, samples), im.repeat(samples), tm.repeat(samples), drop
         ).logits
         return self._probs(logits, head)
@@ -211,13 +211,18 @@ class Classifier:
         repeating saves a pass and the single-view heads are skipped. `test_mask_bank` pins it
         to the generic path."""
         net = self.net
+        if not isinstance(net, Trident):
+            raise TypeError(f"the fused MC path is the trident's, not {type(net).__name__}'s")
+        path = net.fused_path()
         img, txt, _, _ = self.tensors(part)
-        hi, ht = net.prefix(img, txt)  # type: ignore[operator]  # (B, 4d), (B, 2d)
-        zi = drop(net.image_mid(drop.repeated(hi, samples)))  # type: ignore[operator]  # (T·B, 2d)
-        zt = drop(net.text_mid(drop.repeated(ht, samples)))  # type: ignore[operator]  # (T·B, 2d)
+        hi, ht = net.prefix(img, txt)  # (B, 4d), (B, 2d)
+        if hi is None or ht is None:
+            raise ValueError("the fused MC path needs rows with both views")
+        zi = drop(path.image_mid(drop.repeated(hi, samples)))  # (T·B, 2d)
+        zt = drop(path.text_mid(drop.repeated(ht, samples)))  # (T·B, 2d)
         fused = torch.cat([zi, zt], dim=1)  # (T·B, 4d)
-        h = net.fused_mid(drop(net.fused_in(fused)))  # type: ignore[operator]  # (T·B, d)
-        logits = net.fused_head(h) / self.temperature.get("fused", 1.0)  # type: ignore[operator]
+        h = path.fused_mid(drop(path.fused_in(fused)))  # (T·B, d)
+        logits = path.fused_head(h) / self.temperature.get("fused", 1.0)
         return torch.softmax(logits, dim=1).numpy()  # (T·B, C)
 
     # -- checkpoints -----------------------------------------------------------------------

@@ -70,6 +70,17 @@ def _block(n_in: int, n_out: int) -> nn.Sequential:
     return nn.Sequential(nn.Linear(n_in, n_out), nn.ReLU(), nn.BatchNorm1d(n_out))
 
 
+@dataclass(frozen=True)
+class FusedPath:
+    """The trident's layers from the branches' first dropout to the fused head."""
+
+    image_mid: nn.Module
+    text_mid: nn.Module
+    fused_in: nn.Module
+    fused_mid: nn.Module
+    fused_head: nn.Module
+
+
 class Trident(nn.Module):
     """Image branch, text branch, fused trunk; heads on each branch and on the fused trunk."""
 
@@ -91,6 +102,14 @@ class Trident(nn.Module):
     @property
     def feature_dim(self) -> int:
         return 2 * self.cfg.d * (bool(self.cfg.image_dim) + bool(self.cfg.text_dim))
+
+    def fused_path(self) -> FusedPath:
+        """The fused trunk's layers; ValueError for a trident built with one view only."""
+        im, tm, fi = self.image_mid, self.text_mid, self.fused_in
+        fm, fh = self.fused_mid, self.fused_head
+        if im is None or tm is None or fi is None or fm is None or fh is None:
+            raise ValueError("this trident has no fused trunk (one view only)")
+        return FusedPath(im, tm, fi, fm, fh)
 
     def prefix(
         self, image: torch.Tensor | None, text: torch.Tensor | None
@@ -204,7 +223,10 @@ class LinearSoftmax(nn.Module):
         return HeadLogits(logits, masks, torch.cat(feats, dim=1))
 
 
-def build_network(cfg: NetConfig) -> Trident | LinearSoftmax:
+Network = Trident | LinearSoftmax  # what a Classifier holds
+
+
+def build_network(cfg: NetConfig) -> Network:
     if not (cfg.image_dim or cfg.text_dim):
         raise ValueError("a network needs at least one of image_dim, text_dim")
     if cfg.family == "trident":

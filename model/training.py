@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from typing import Any
 
@@ -19,6 +20,10 @@ from model.loss import UncertaintyWeightedLoss
 from model.network import HEADS, HeadLogits, NetConfig, build_network
 
 log = logging.getLogger(__name__)
+
+# Called after each epoch with (epoch, max_epochs, validation accuracy or None): progress for
+# long trainings such as the first model a fresh server trains.
+EpochHook = Callable[[int, int, float | None], None]
 
 
 @dataclass(frozen=True)
@@ -132,6 +137,7 @@ def _fit(
     max_epochs: int,
     freeze_bn: bool,
     loss_fn: UncertaintyWeightedLoss,
+    on_epoch: EpochHook | None = None,
 ) -> dict[str, Any]:
     """The loop both phases share; keeps the best validation state (early stopping)."""
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -166,8 +172,12 @@ def _fit(
             opt.step()
         epochs_run = epoch + 1
         if val is None:
+            if on_epoch is not None:
+                on_epoch(epochs_run, max_epochs, None)
             continue
         v = _validate(clf, val)
+        if on_epoch is not None:
+            on_epoch(epochs_run, max_epochs, v.accuracy)
         score = v.loss if cfg.monitor == "loss" else -v.accuracy
         if score < best[0]:
             best = (score, copy.deepcopy(clf.net.state_dict()), epoch)
@@ -229,7 +239,11 @@ def _identity_scaler(views: Views) -> Standardizer:
 
 
 def train_passive(
-    train: LabeledViews, val: LabeledViews | None, classes: list[str], cfg: TrainConfig
+    train: LabeledViews,
+    val: LabeledViews | None,
+    classes: list[str],
+    cfg: TrainConfig,
+    on_epoch: EpochHook | None = None,
 ) -> Classifier:
     """Train a new network from scratch on the labeled set (batch norm learns)."""
     if len(train) < 2:
@@ -248,7 +262,15 @@ def train_passive(
     clf = Classifier(build_network(net_cfg), scaler, list(classes))
     loss_fn = UncertaintyWeightedLoss()
     stats = _fit(
-        clf, train, val, cfg, lr=cfg.lr, max_epochs=cfg.max_epochs, freeze_bn=False, loss_fn=loss_fn
+        clf,
+        train,
+        val,
+        cfg,
+        lr=cfg.lr,
+        max_epochs=cfg.max_epochs,
+        freeze_bn=False,
+        loss_fn=loss_fn,
+        on_epoch=on_epoch,
     )
     stats |= {"phase": "passive", "label_count": len(train)}
     clf.meta = {"loss_log_var": loss_fn.log_var.detach().tolist()}

@@ -58,7 +58,7 @@ def main(argv: list[str] | None = None) -> int:
     app = build_server(cfg)
     children = Children(cfg, args.config, os.environ).start()
     if cfg.bootstrap:
-        bootstrap_in_background(app, cfg.bootstrap_data)
+        bootstrap_in_background(app, cfg.bootstrap_data, cfg.bootstrap_unlabeled_share)
     while not stop.wait(1.0):
         children.check()
     watchdog = threading.Timer(cfg.grace_s + 5, _overdue, args=(cfg.grace_s,))

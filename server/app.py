@@ -17,6 +17,7 @@ from grpc_reflection.v1alpha import reflection
 
 from batch_jobs import faults as fault_points
 from batch_jobs.config import JobConfig, Paths
+from batch_jobs.stores import open_ledger, open_pool
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
@@ -24,14 +25,13 @@ from postclf_errors import JobBusyError, JobCancelledError
 from server.auth import TokenAuthInterceptor
 from server.batcher import Batcher
 from server.config import ServerConfig, admin_refusal
+from server.interceptors import MetricsInterceptor
 from server.jobs import Jobs
-from server.metrics import Metrics, MetricsInterceptor
+from server.metrics import Metrics
 from server.models import ModelHolder, ServedModel
 from server.poolwriter import PoolWriter
 from server.service import PostService
 from server.servicer import AdminServicer, PostClassifierServicer
-from store.ledger import Ledger
-from store.pool import Pool
 
 log = logging.getLogger(__name__)
 
@@ -152,8 +152,7 @@ def _build_service(
     cfg: ServerConfig, paths: Paths, jobs: Jobs, metrics: Metrics, hs: Any
 ) -> PostService:
     jc = jobs.cfg
-    ledger = Ledger(paths.ledger, jc.ledger_synchronous, jc.holdout_fraction)
-    pool = Pool(paths.pool, jc.pool_dtype)
+    ledger, pool = open_ledger(paths, jc), open_pool(paths, jc)
     metrics.pool_size.set_function(lambda: len(pool))
     registry = ModelRegistry(paths.models)
     holder = ModelHolder(registry, cfg.model_poll_s, on_change=_on_model(hs, metrics))
@@ -208,13 +207,15 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     return app
 
 
-def bootstrap_in_background(app: App, data_path: Path) -> threading.Thread:
+def bootstrap_in_background(
+    app: App, data_path: Path, unlabeled_share: float = 0.0
+) -> threading.Thread:
     """Train the demo model when the registry is empty, then load it (health turns SERVING)."""
 
     def run() -> None:
         while not app._stopped.is_set():
             try:
-                app.service.jobs.ensure_model(data_path)
+                app.service.jobs.ensure_model(data_path, unlabeled_share)
                 app.holder.refresh()
                 return
             except JobBusyError as err:  # another live process bootstraps: wait, then retry

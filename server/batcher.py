@@ -19,8 +19,8 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from model.data import Views
+from postclf_errors import DeadlineExpiredError
 from server.config import BatcherConfig
-from server.errors import DeadlineExpiredError
 from server.metrics import Metrics
 from server.models import ModelHolder, ServedModel
 

@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_jobs.datasets import DEFAULT_DATA_DIR
 from postclf_errors import InvalidInputError
 
 
@@ -77,7 +78,10 @@ class ServerConfig:
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
     bootstrap: bool = True  # train the demo model when the registry is empty
-    bootstrap_data: Path = Path("../shared/data/reviews.npz")
+    bootstrap_data: Path = DEFAULT_DATA_DIR / "reviews.npz"
+    # Share of each class's train rows the demo pools unlabeled, so the first nightly has real
+    # posts to query (0: every train row labeled).
+    bootstrap_unlabeled_share: float = 0.5
     scheduler: bool = True  # run the nightly job on `nightly_cron`
     nightly_cron: str = "0 3 * * *"
     log_level: str = "INFO"
@@ -105,6 +109,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_MODEL_POLL_S": ("", "model_poll_s"),
     "POSTCLF_BOOTSTRAP": ("", "bootstrap"),
     "POSTCLF_BOOTSTRAP_DATA": ("", "bootstrap_data"),
+    "POSTCLF_BOOTSTRAP_UNLABELED_SHARE": ("", "bootstrap_unlabeled_share"),
     "POSTCLF_SCHEDULER": ("", "scheduler"),
     "POSTCLF_NIGHTLY_CRON": ("", "nightly_cron"),
     "POSTCLF_LOG_LEVEL": ("", "log_level"),
@@ -171,6 +176,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
         if var in env:
             (sections[section] if section else raw)[key] = env[var]
     top = _build(ServerConfig, raw, "config")
+    if not 0.0 <= top.bootstrap_unlabeled_share < 1.0:
+        raise InvalidInputError("must be in [0, 1)", "config.bootstrap_unlabeled_share")
     built = {name: _build(cls, sections[name], name) for name, cls in SECTIONS.items()}
     return dataclasses.replace(top, jobs=jobs, **built)
 

@@ -9,7 +9,6 @@ from __future__ import annotations
 import dataclasses
 import json
 from collections.abc import Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -19,6 +18,7 @@ from model.data import Views
 from model.registry import VERSION_RE, VersionInfo
 from postclf.v1 import postclf_pb2 as pb
 from postclf_errors import InvalidInputError, TooLargeError
+from server.models import Dims
 from store.ledger import LabelRow, QueryRecord
 
 F32LE = np.dtype("<f4")
@@ -36,14 +36,6 @@ def check_bytes(value: str, limit: int, field: str) -> None:
     """InvalidInputError when `value` is longer than `limit` bytes in UTF-8."""
     if len(value) * 4 > limit and len(value.encode()) > limit:  # cheap test first
         raise InvalidInputError(f"{len(value.encode())} bytes, the limit is {limit}", field)
-
-
-@dataclass(frozen=True)
-class Dims:
-    """Embedding widths the served model expects (None = the model has no such branch)."""
-
-    image: int | None
-    text: int | None
 
 
 def _decode_one(emb: pb.Embedding, dim: int, field: str) -> np.ndarray:

@@ -11,6 +11,7 @@ import grpc
 
 from postclf_errors import (
     ConflictError,
+    DeadlineExpiredError,
     InvalidInputError,
     JobCancelledError,
     ModelUnavailableError,
@@ -21,10 +22,6 @@ from postclf_errors import (
 log = logging.getLogger(__name__)
 
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-class DeadlineExpiredError(Exception):
-    """A queued call whose deadline passed before it was computed (server-side only)."""
 
 
 # Checked in order: the first matching class wins. A job that did not run leaves as ABORTED

@@ -1,7 +1,7 @@
 """The batch jobs as the server calls them: one place that binds `batch_jobs` to paths + config.
 
-The nightly, retrain, bootstrap and scheduler modules are imported on first use: they pull in
-training and FAISS, which request handling never needs.
+The nightly, retrain and bootstrap modules are imported on first use (inside the methods): they
+pull in training and FAISS, which request handling never needs. Their reports stay typed.
 
 Each job runs in its own daemon thread inside the server's `JobScope` (store.lease), and the
 caller waits for it or for shutdown, whichever comes first: a shutdown cancels the job (it
@@ -12,24 +12,27 @@ the process exits without waiting for the job's thread.
 from __future__ import annotations
 
 import dataclasses
-import importlib
 import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.labels import SubmitResult, submit_labels
+from batch_jobs.leases import recover_all
+from batch_jobs.scheduler import build_scheduler
 from postclf_errors import JobCancelledError
 from store.lease import JobScope
 from store.ledger import LabelRow, Ledger
 
+if TYPE_CHECKING:
+    from apscheduler.schedulers.background import BackgroundScheduler
+
+    from batch_jobs.nightly import NightlyReport
+    from batch_jobs.retrain import RetrainReport
+
 JOB_THREAD_PREFIX = "job-"  # the daemon threads jobs run in (see server/__main__.py)
-
-
-def _job(module: str, name: str) -> Any:
-    return getattr(importlib.import_module(f"batch_jobs.{module}"), name)
 
 
 @dataclass(frozen=True)
@@ -43,29 +46,38 @@ class Jobs:
     ) -> SubmitResult:
         return submit_labels(ledger, classes, labels)
 
-    def run_nightly(self, dry_run: bool, seed: int | None) -> Any:
+    def run_nightly(self, dry_run: bool, seed: int | None) -> NightlyReport:
+        from batch_jobs.nightly import run_nightly  # lazy: training and FAISS
+
         cfg = self.cfg if seed is None else dataclasses.replace(self.cfg, seed=seed)
-        return self._run(
-            "nightly", lambda: _job("nightly", "run_nightly")(self.paths, cfg, dry_run=dry_run)
+        report: NightlyReport = self._run(
+            "nightly", lambda: run_nightly(self.paths, cfg, dry_run=dry_run)
         )
+        return report
 
-    def retrain(self, force: bool) -> Any:
-        return self._run(
-            "retrain", lambda: _job("retrain", "retrain")(self.paths, self.cfg, force=force)
+    def retrain(self, force: bool) -> RetrainReport:
+        from batch_jobs.retrain import retrain  # lazy: training
+
+        report: RetrainReport = self._run(
+            "retrain", lambda: retrain(self.paths, self.cfg, force=force)
         )
+        return report
 
-    def ensure_model(self, data_path: Path) -> Any:
-        run = _job("bootstrap", "ensure_model")
-        return self._run("bootstrap", lambda: run(self.paths, self.cfg, data_path))
+    def ensure_model(self, data_path: Path, unlabeled_share: float = 0.0) -> str:
+        from batch_jobs.bootstrap import ensure_model  # lazy: training
+
+        version: str = self._run(
+            "bootstrap", lambda: ensure_model(self.paths, self.cfg, data_path, unlabeled_share)
+        )
+        return version
 
     def recover(self) -> dict[str, bool]:
         """Clean up after jobs killed in an earlier life (runs, leases, export temp folders)."""
-        return _job("leases", "recover_all")(self.paths, self.cfg)
+        return recover_all(self.paths, self.cfg)
 
-    def build_scheduler(self, job: Callable[[], Any], cron: str) -> Any:
+    def build_scheduler(self, job: Callable[[], Any], cron: str) -> BackgroundScheduler:
         """A not-yet-started APScheduler running `job` on `cron` (UTC)."""
-        build = _job("scheduler", "build_scheduler")
-        return build(job, cron, misfire_grace_time=self.cfg.misfire_grace_s)
+        return build_scheduler(job, cron, misfire_grace_time=self.cfg.misfire_grace_s)
 
     def _run(self, name: str, job: Callable[[], Any]) -> Any:
         """Run `job` in a daemon thread of the scope; JobCancelledError if shutdown comes first."""

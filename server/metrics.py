@@ -1,12 +1,9 @@
-"""Prometheus metrics (own registry per server) and the interceptor that counts every call."""
+"""Prometheus metrics, one registry per server (filled by server/interceptors.py)."""
 
 from __future__ import annotations
 
-import time
-from collections.abc import Callable
 from typing import Any
 
-import grpc
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, Info, start_http_server
 
 LATENCY_BUCKETS = (0.0005, 0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 10, 60)
@@ -113,42 +110,3 @@ class Metrics:
         """Start the /metrics HTTP server; returns it and its bound port."""
         httpd, _thread = start_http_server(port, addr=host, registry=self.registry)
         return httpd, int(httpd.server_port)
-
-
-def _method_name(full: str) -> str:
-    return full.rsplit("/", 1)[-1] if full else "unknown"
-
-
-class MetricsInterceptor(grpc.ServerInterceptor):
-    """Counts unary calls by method and final status code and times them."""
-
-    def __init__(self, metrics: Metrics) -> None:
-        self.metrics = metrics
-
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
-        if handler is None or handler.unary_unary is None:
-            return handler
-        name = _method_name(handler_call_details.method)
-        inner = handler.unary_unary
-        metrics = self.metrics
-
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
-            start = time.perf_counter()
-            code = grpc.StatusCode.UNKNOWN
-            try:
-                response = inner(request, context)
-                code = context.code() or grpc.StatusCode.OK
-                return response
-            except BaseException:
-                code = context.code() or grpc.StatusCode.UNKNOWN
-                raise
-            finally:
-                metrics.requests.labels(name, code.name).inc()
-                metrics.latency.labels(name).observe(time.perf_counter() - start)
-
-        return grpc.unary_unary_rpc_method_handler(
-            behavior,
-            request_deserializer=handler.request_deserializer,
-            response_serializer=handler.response_serializer,
-        )

@@ -15,9 +15,16 @@ from dataclasses import dataclass
 from model.classifier import Classifier
 from model.registry import ModelRegistry
 from postclf_errors import ModelUnavailableError
-from server.convert import Dims
 
 log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Dims:
+    """Embedding widths the served model expects (None = the model has no such branch)."""
+
+    image: int | None
+    text: int | None
 
 
 @dataclass(frozen=True)

@@ -19,17 +19,19 @@ from batch_jobs.active_step import QueryConfig
 from batch_jobs.bootstrap import ensure_model
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import read_export
-from model.training import TrainConfig
+from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
-from client.encode import arrays_to_posts
 from store.ledger import Ledger
+from tests.conftest import TINY_TRAIN
 from tests.integration.support import server_config
+
+pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
 
 CFG = JobConfig(
     query=QueryConfig(query_size=20),
-    train=TrainConfig(d=16, max_epochs=8, finetune_max_epochs=3, base_batch=64, lr=3e-3),
+    train=TINY_TRAIN,
     min_new_labels=10,
 )
 

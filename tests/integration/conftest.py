@@ -10,9 +10,7 @@ import numpy as np
 import pytest
 
 from model.classifier import Classifier
-from model.data import Views
 from model.registry import ModelRegistry
-from model.training import LabeledViews, TrainConfig, train_passive
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
 from tests.integration.support import DATA, Running, SmallData, install_model, server_config
@@ -31,23 +29,9 @@ def data() -> SmallData:
 
 
 @pytest.fixture(scope="session")
-def model_registry(tmp_path_factory: pytest.TempPathFactory, data: SmallData) -> Path:
-    """A registry with v0001 promoted: trident d=16, 3 epochs on the fixture's train split."""
-    split = np.load(DATA)["split"]
-
-    def labeled(name: str) -> LabeledViews:
-        rows = split == name
-        return LabeledViews(
-            Views.from_nan_rows(data.image[rows], data.text[rows]), data.label[rows]
-        )
-
-    clf = train_passive(
-        labeled("train"), labeled("val"), data.classes, TrainConfig(d=16, max_epochs=3)
-    )
-    root = tmp_path_factory.mktemp("registry")
-    registry = ModelRegistry(root)
-    registry.promote(registry.save(clf, {"val_accuracy": 0.5}))
-    return root
+def model_registry(bootstrapped_home: Path) -> Path:
+    """The suite's shared registry (v0001 promoted); servers get a copy (install_model)."""
+    return bootstrapped_home / "models"
 
 
 @pytest.fixture(scope="session")

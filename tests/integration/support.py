@@ -9,13 +9,14 @@ from pathlib import Path
 import grpc
 import numpy as np
 
+from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import App
 from server.config import BatcherConfig, LimitsConfig, ServerConfig
-from client.encode import arrays_to_posts
+from tests.conftest import SMALL
 
-DATA = Path(__file__).resolve().parents[2] / ".." / "shared" / "data" / "reviews_small.npz"
+DATA = SMALL
 
 
 @dataclass(frozen=True)

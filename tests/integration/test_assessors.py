@@ -5,7 +5,9 @@ with Dawid-Skene → ListAssessors (and `client assessors`) flags the adversaria
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
+import shutil
 from pathlib import Path
 
 import grpc
@@ -13,28 +15,26 @@ import numpy as np
 import pytest
 
 from batch_jobs.active_step import QueryConfig
-from batch_jobs.bootstrap import ensure_model
-from batch_jobs.config import CrowdConfig, JobConfig, Paths
+from batch_jobs.config import CrowdConfig
 from client.cli import EXIT_ERROR, EXIT_REJECTED, main
 from client.encode import arrays_to_posts
-from model.training import TrainConfig
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
+from tests.conftest import TINY_JOBS
 from tests.integration.support import DATA, server_config
 
-CFG = JobConfig(
+CFG = dataclasses.replace(
+    TINY_JOBS,
     query=QueryConfig(query_size=30),
-    train=TrainConfig(d=16, max_epochs=4, finetune_max_epochs=2, base_batch=64),
-    min_new_labels=10,
     crowd=CrowdConfig(overlap=3, control_share=0.2, min_evidence=3, quality_floor=0.5),
 )
 
 
 @pytest.fixture
-def running(tmp_path):
+def running(tmp_path, bootstrapped_home):
     home = tmp_path / "home"
-    assert ensure_model(Paths(home), CFG, DATA) == "v0001"
+    shutil.copytree(bootstrapped_home, home)  # v0001, seeded ledger and pool
     app = build_server(server_config(home, workers=8, grace_s=1.0), job_cfg=CFG)
     channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
     try:

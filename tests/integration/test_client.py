@@ -59,3 +59,14 @@ def test_classify_a_parquet_file(
     assert _run(server, "classify", str(path), "--values") == 0
     rows = capsys.readouterr().out.strip().splitlines()[1:]
     assert [r.split(",")[0] for r in rows] == data.post_ids[:6].tolist()
+
+
+def test_a_missing_or_unreadable_posts_file_is_a_clear_error(
+    server: Running, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert _run(server, "classify", str(tmp_path / "nope.npz")) == 1
+    assert "no such file" in capsys.readouterr().err
+    odd = tmp_path / "posts.txt"
+    odd.write_text("x")
+    assert _run(server, "classify", str(odd)) == 1
+    assert "unsupported file type" in capsys.readouterr().err

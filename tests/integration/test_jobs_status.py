@@ -14,9 +14,9 @@ import grpc
 import numpy as np
 import pytest
 
+from client.cli import EXIT_NOT_RUN, main
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
-from client.cli import EXIT_NOT_RUN, main
 from store.lease import HOST_ID
 from store.ledger import Ledger
 from tests.integration.support import Running, SmallData, install_model

@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
@@ -25,6 +26,8 @@ from tests.integration.faults.helpers import (
 )
 from tests.integration.faults.procs import ServerProcess
 from tests.integration.support import SmallData
+
+pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
 
 Make = Callable[..., ServerProcess]
 

@@ -9,6 +9,7 @@ from collections.abc import Callable
 
 import grpc
 import numpy as np
+import pytest
 
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
@@ -27,6 +28,8 @@ from tests.integration.faults.helpers import (
 )
 from tests.integration.faults.procs import ServerProcess
 from tests.integration.support import SmallData
+
+pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
 
 Make = Callable[..., ServerProcess]
 GRACE_S = 2.0  # POSTCLF_GRACE_S in procs.py

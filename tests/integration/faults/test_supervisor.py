@@ -9,8 +9,12 @@ import signal
 import time
 from collections.abc import Callable
 
+import pytest
+
 from store.lease import _pid_alive
 from tests.integration.faults.procs import START_TIMEOUT_S, ServerProcess
+
+pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
 
 Make = Callable[..., ServerProcess]
 

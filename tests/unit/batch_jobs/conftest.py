@@ -1,4 +1,4 @@
-"""A bootstrapped home (tiny model on reviews_small.npz) made once and copied per test."""
+"""A bootstrapped home (the suite's shared one plus the test split pooled), copied per test."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from batch_jobs.bootstrap import ensure_model
-from batch_jobs.config import JobConfig, Paths, QueryConfig
+from batch_jobs.config import JobConfig, Paths
 from model.data import Views
-from model.training import TrainConfig
 from store.ledger import Ledger
 from store.pool import Pool
 from store.posts import PostBatch, record_posts
-from tests.conftest import SMALL
+from tests.conftest import TINY_JOBS
 
 
 @pytest.fixture(scope="session")
@@ -25,21 +23,15 @@ def small(small_npz: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
 
 @pytest.fixture(scope="session")
 def job_cfg() -> JobConfig:
-    # Tiny but well above chance on the gate (~0.35 accuracy over 18 classes) in a few seconds.
-    train = TrainConfig(
-        d=16, max_epochs=8, finetune_max_epochs=2, base_batch=64, patience=3, lr=3e-3
-    )
-    # score_days=14: every night scores the whole retention window, so nights run seconds
-    # apart still see the same posts (the default window starts at the last night).
-    return JobConfig(query=QueryConfig(query_size=20), train=train, min_new_labels=5, score_days=14)
+    return TINY_JOBS
 
 
 @pytest.fixture(scope="session")
-def template_home(tmp_path_factory, small, job_cfg) -> Path:
-    """Bootstrapped (train+val seeded, model v0001) plus the test split classified into the pool."""
-    home = tmp_path_factory.mktemp("template")
+def template_home(tmp_path_factory, small, bootstrapped_home) -> Path:
+    """The shared bootstrapped home plus the test split classified into the pool."""
+    home = tmp_path_factory.mktemp("template") / "home"
+    shutil.copytree(bootstrapped_home, home)
     paths = Paths(home)
-    ensure_model(paths, job_cfg, SMALL)
     test = small["split"] == "test"
     ids = small["post_id"][test].astype(str)
     views = Views.from_nan_rows(small["image"][test], small["text"][test])

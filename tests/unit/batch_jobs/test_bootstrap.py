@@ -4,13 +4,18 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
+import pytest
+
 from batch_jobs.__main__ import main
 from batch_jobs.bootstrap import ensure_model
+from batch_jobs.config import Paths
+from batch_jobs.nightly import run_nightly
 from model.registry import ModelRegistry
+from postclf_errors import InvalidInputError
 from store.ledger import Ledger
 from store.pool import Pool
-
-from .conftest import SMALL
+from tests.conftest import SMALL
 
 
 def test_bootstrap_seeded_and_idempotent(paths, job_cfg, small):
@@ -43,3 +48,27 @@ def test_cli_exits_3_when_the_lease_is_held_elsewhere(paths, capsys):
         assert ledger.acquire_lock("nightly", "otherhost:1:abcd", ttl_s=3600)
     assert main(["--home", str(paths.home), "nightly"]) == 3
     assert "did not run" in capsys.readouterr().err
+
+
+def test_unlabeled_share_pools_train_rows_without_labels(tmp_path, job_cfg, small):
+    paths = Paths(tmp_path / "home")
+    assert ensure_model(paths, job_cfg, SMALL, unlabeled_share=0.5) == "v0001"
+    train = small["split"] == "train"
+    with Ledger(paths.ledger) as ledger:
+        labeled = {r[0] for r in ledger.labels()}
+    pooled = len(Pool(paths.pool))
+    assert pooled == int((small["split"] != "test").sum())  # every train + val row is pooled
+    unlabeled = set(small["post_id"][train].astype(str)) - labeled
+    for c in np.unique(small["label"][train]):  # about half of each class's train rows
+        rows = set(small["post_id"][train & (small["label"] == c)].astype(str))
+        assert len(rows & unlabeled) == int(len(rows) * 0.5)
+    assert set(small["post_id"][small["split"] == "val"].astype(str)) <= labeled  # the gate
+    report = run_nightly(paths, job_cfg)
+    assert report.status == "created" and len(report.post_ids) == job_cfg.query.query_size
+    assert set(report.post_ids) <= unlabeled  # the first query asks about the unlabeled rows
+
+
+def test_unlabeled_share_out_of_range_is_refused(tmp_path, job_cfg):
+    with pytest.raises(InvalidInputError) as err:
+        ensure_model(Paths(tmp_path / "h"), job_cfg, SMALL, unlabeled_share=1.0)
+    assert err.value.field == "unlabeled_share"

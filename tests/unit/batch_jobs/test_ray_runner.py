@@ -11,6 +11,8 @@ import ray
 from batch_jobs.config import EngineConfig
 from batch_jobs.nightly import run_nightly
 
+pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
+
 
 @pytest.fixture(scope="module")
 def local_ray() -> Iterator[None]:

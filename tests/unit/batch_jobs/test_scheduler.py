@@ -6,8 +6,8 @@ from datetime import UTC, datetime
 
 from apscheduler.triggers.cron import CronTrigger
 
-from batch_jobs.config import JobConfig, Paths
 from batch_jobs.scheduler import JOB_ID, build_scheduler, nightly_job
+from store.ledger import Ledger
 
 
 def test_trigger_settings():
@@ -24,5 +24,9 @@ def test_trigger_settings():
     assert not sched.running and calls == []
 
 
-def test_nightly_job_is_a_callable(tmp_path):
-    assert callable(nightly_job(Paths(tmp_path), JobConfig()))
+def test_nightly_job_runs_the_nightly_on_its_home(paths, job_cfg):
+    report = nightly_job(paths, job_cfg)()  # what the scheduler calls at the cron time
+    assert report.status == "created" and len(report.post_ids) == job_cfg.query.query_size
+    with Ledger(paths.ledger) as ledger:
+        (run,) = [r for r in ledger.job_runs() if r.job == "nightly"]
+        assert run.status == "ok"

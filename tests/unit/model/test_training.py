@@ -4,8 +4,16 @@ import copy
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
-from model.training import LabeledViews, accuracy, finetune_active, train_passive
+from model.training import (
+    LabeledViews,
+    _fit_temperature,
+    _validate,
+    accuracy,
+    finetune_active,
+    train_passive,
+)
 from tests.conftest import TINY_TRAIN
 
 
@@ -39,7 +47,7 @@ def test_active_phase_uses_adaptive_batch(tiny_model, small_splits) -> None:
     train = small_splits["train"]
     sub = train.take(np.arange(300))
     child = finetune_active(tiny_model, sub, small_splits["val"], TINY_TRAIN)
-    assert child.meta["train"]["batch_size"] == 64 + (300 % 64) // (300 // 64)
+    assert child.meta["train"]["batch_size"] == 75  # 64 + floor(44 / floor(300 / 64) = 4)
 
 
 def test_same_seed_same_model(small_splits, class_names) -> None:
@@ -51,6 +59,21 @@ def test_same_seed_same_model(small_splits, class_names) -> None:
     assert np.allclose(va, vb)
 
 
-def test_calibration_fits_a_temperature_per_head(tiny_model) -> None:
+def test_temperature_fit_recovers_a_known_overconfidence() -> None:
+    """Labels drawn from softmax(z), logits 3·z: the NLL-optimal temperature is 3."""
+    gen = torch.Generator().manual_seed(0)
+    z = torch.randn(20_000, 5, generator=gen)
+    target = torch.multinomial(torch.softmax(z, 1), 1, generator=gen).squeeze(1)
+    assert abs(_fit_temperature(3 * z, target) - 3.0) < 0.1
+    assert abs(_fit_temperature(z, target) - 1.0) < 0.05
+
+
+def test_calibration_fits_a_temperature_per_head_that_lowers_val_nll(
+    tiny_model, small_splits
+) -> None:
     assert set(tiny_model.temperature) == {"image", "text", "fused"}
     assert all(0.05 <= t <= 20 for t in tiny_model.temperature.values())
+    for head, (logits, target) in _validate(tiny_model, small_splits["val"]).head_logits.items():
+        t = tiny_model.temperature[head]
+        fitted, raw = F.cross_entropy(logits / t, target), F.cross_entropy(logits, target)
+        assert float(fitted) <= float(raw) + 1e-6, head  # fitted on val: never worse than T = 1
