@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import tomllib
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
@@ -144,20 +145,18 @@ class JobConfig:
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
         """Build from plain data (a config file section); `query`/`train` are nested dicts."""
-        known = {f.name for f in fields(cls)}
-        unknown = set(data) - known
-        if unknown:
-            raise InvalidInputError(f"unknown keys {sorted(unknown)}", "jobs")
         kwargs = dict(data)
-        if isinstance(kwargs.get("query"), dict):
-            kwargs["query"] = _build(QueryConfig, kwargs["query"], "jobs.query")
-        if isinstance(kwargs.get("train"), dict):
-            kwargs["train"] = _build(TrainConfig, kwargs["train"], "jobs.train")
-        if isinstance(kwargs.get("engine"), dict):
-            kwargs["engine"] = _build(EngineConfig, kwargs["engine"], "jobs.engine")
-        if isinstance(kwargs.get("crowd"), dict):
-            kwargs["crowd"] = _build(CrowdConfig, kwargs["crowd"], "jobs.crowd")
-        return cls(**kwargs)
+        nested = (
+            ("query", QueryConfig),
+            ("train", TrainConfig),
+            ("engine", EngineConfig),
+            ("crowd", CrowdConfig),
+        )
+        for key, kind in nested:
+            if isinstance(kwargs.get(key), dict):
+                kwargs[key] = build_config(kind, kwargs[key], f"jobs.{key}")
+        built: JobConfig = build_config(cls, kwargs, "jobs")
+        return built
 
 
 def load_job_file(path: Path) -> tuple[Path | None, JobConfig]:
@@ -169,8 +168,18 @@ def load_job_file(path: Path) -> tuple[Path | None, JobConfig]:
     return (Path(home) if home else None), JobConfig.from_dict(data.get("jobs") or {})
 
 
-def _build(kind: type, data: dict[str, Any], where: str) -> Any:
-    unknown = set(data) - {f.name for f in fields(kind)}
+def build_config(
+    kind: type,
+    data: Mapping[str, Any],
+    where: str,
+    coerce: Callable[[Any, str, str], Any] | None = None,
+) -> Any:
+    """The one config builder: `kind(**data)`, refusing unknown keys (naming them and `where`);
+    with `coerce(value, annotation, field)`, values are converted first (environment strings)."""
+    types = {f.name: str(f.type) for f in fields(kind)}
+    unknown = set(data) - set(types)
     if unknown:
         raise InvalidInputError(f"unknown keys {sorted(unknown)}", where)
+    if coerce is not None:
+        data = {k: coerce(v, types[k], f"{where}.{k}") for k, v in data.items()}
     return kind(**data)

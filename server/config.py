@@ -14,6 +14,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from batch_jobs.config import build_config
 from batch_jobs.datasets import DEFAULT_DATA_DIR
 from postclf_errors import InvalidInputError
 
@@ -156,15 +157,6 @@ def _coerce(value: Any, annotation: str, name: str) -> Any:
     return value
 
 
-def _build(cls: type, values: Mapping[str, Any], where: str) -> Any:
-    fields = {f.name: f for f in dataclasses.fields(cls)}
-    unknown = set(values) - set(fields)
-    if unknown:
-        raise InvalidInputError(f"unknown keys {sorted(unknown)}", where)
-    kwargs = {k: _coerce(v, str(fields[k].type), f"{where}.{k}") for k, v in values.items()}
-    return cls(**kwargs)
-
-
 def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     """Build the one `ServerConfig` of the process from `path` (TOML, optional) and `env`."""
     raw: dict[str, Any] = {}
@@ -175,10 +167,12 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     for var, (section, key) in ENV_KEYS.items():
         if var in env:
             (sections[section] if section else raw)[key] = env[var]
-    top = _build(ServerConfig, raw, "config")
+    top = build_config(ServerConfig, raw, "config", _coerce)
     if not 0.0 <= top.bootstrap_unlabeled_share < 1.0:
         raise InvalidInputError("must be in [0, 1)", "config.bootstrap_unlabeled_share")
-    built = {name: _build(cls, sections[name], name) for name, cls in SECTIONS.items()}
+    built = {
+        name: build_config(cls, sections[name], name, _coerce) for name, cls in SECTIONS.items()
+    }
     return dataclasses.replace(top, jobs=jobs, **built)
 
 

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import torch
 
 from batch_jobs.bootstrap import ensure_model
 from batch_jobs.config import JobConfig, Paths, QueryConfig
@@ -16,6 +17,10 @@ from model.classifier import Classifier
 from model.data import Views
 from model.registry import ModelRegistry
 from model.training import LabeledViews, TrainConfig
+
+# Tiny models train faster on one intra-op thread, and a busy shared machine cannot then
+# oversubscribe the cores (a two-thread tiny training slowed ~50x at load 8).
+torch.set_num_threads(1)
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA_DIR = Path(os.environ.get("POSTCLF_DATA_DIR", DEFAULT_DATA_DIR))
