@@ -21,6 +21,7 @@ RUN python3 -m venv .venv \
 
 COPY . .
 RUN .venv/bin/pip install -q -e . --config-settings editable_mode=compat \
+    && .venv/bin/pip install -q --no-deps crowd-kit==1.4.2 \
     && mkdir -p postclf/v1 \
     && .venv/bin/python -m grpc_tools.protoc -Iproto --python_out=. --grpc_python_out=. --pyi_out=. proto/postclf/v1/*.proto \
     && touch postclf/__init__.py postclf/v1/__init__.py

@@ -19,6 +19,7 @@ $(BIN)/.installed: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install -q $(FIND_LINKS) torch==2.13.0 $(QUIET_PIP)
 	$(BIN)/pip install -q $(FIND_LINKS) -e '.[dev,ray]' --config-settings editable_mode=compat $(QUIET_PIP)
+	$(BIN)/pip install -q --no-deps crowd-kit==1.4.2 $(QUIET_PIP)  # deps pinned in pyproject.toml (why there)
 	touch $@
 
 $(STUBS): $(PROTOS) $(BIN)/.installed

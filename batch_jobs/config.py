@@ -12,6 +12,7 @@ from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
 ENGINES = ("local", "ray")
+AGGREGATIONS = ("auto", "ds", "mv")
 
 
 @dataclass(frozen=True)
@@ -41,6 +42,40 @@ class EngineConfig:
             raise InvalidInputError(f"must be one of {ENGINES}", "engine")
         if self.workers < 1 or self.chunk_rows < 1 or self.torch_threads < 1:
             raise InvalidInputError("workers, chunk_rows, torch_threads must be >= 1", "engine")
+
+
+@dataclass(frozen=True)
+class CrowdConfig:
+    """Assessors as people: overlap, control items, aggregation and a quality floor."""
+
+    overlap: int = 1  # assessors asked per item (manifest; Label Studio's maximum annotations)
+    control_share: float = 0.0  # share of each query that is control items (labeled holdout)
+    relabel_share: float = 0.1  # at most this share of each query re-asks unsure items
+    aggregate: str = "auto"  # auto: Dawid-Skene on items with ≥ 2 labels, else MV; ds; mv
+    min_confidence: float = 0.7  # an aggregated label less sure than this is re-asked
+    quality_floor: float = 0.5  # assessors estimated below this accuracy are excluded
+    # Evidence before an assessor is judged: control answers for the control accuracy (which
+    # wins), else labels on items others labeled too for the Dawid-Skene estimate.
+    min_evidence: int = 5
+    ds_iterations: int = 100  # Dawid-Skene EM iterations
+
+    def __post_init__(self) -> None:
+        if not 1 <= self.overlap <= 20:
+            raise InvalidInputError("must be in [1, 20]", "crowd.overlap")
+        for name in ("control_share", "relabel_share"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise InvalidInputError("must be in [0, 1)", f"crowd.{name}")
+        if self.control_share + self.relabel_share >= 1.0:
+            raise InvalidInputError("control_share + relabel_share must be < 1", "crowd")
+        if self.aggregate not in AGGREGATIONS:
+            raise InvalidInputError(f"must be one of {AGGREGATIONS}", "crowd.aggregate")
+        for name in ("min_confidence", "quality_floor"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise InvalidInputError("must be in [0, 1]", f"crowd.{name}")
+        if self.min_evidence < 1:
+            raise InvalidInputError("must be >= 1", "crowd.min_evidence")
+        if self.ds_iterations < 1:
+            raise InvalidInputError("must be >= 1", "crowd.ds_iterations")
 
 
 @dataclass(frozen=True)
@@ -91,6 +126,7 @@ class JobConfig:
     pool_days: int = 14  # retention: day partitions older than this are deleted nightly
     score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
+    crowd: CrowdConfig = field(default_factory=CrowdConfig)  # overlap, controls, aggregation
 
     def __post_init__(self) -> None:
         if self.min_new_labels < 0:
@@ -110,7 +146,13 @@ class JobConfig:
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
         """Build from plain data (a config file section); `query`/`train` are nested dicts."""
         kwargs = dict(data)
-        for key, kind in (("query", QueryConfig), ("train", TrainConfig), ("engine", EngineConfig)):
+        nested = (
+            ("query", QueryConfig),
+            ("train", TrainConfig),
+            ("engine", EngineConfig),
+            ("crowd", CrowdConfig),
+        )
+        for key, kind in nested:
             if isinstance(kwargs.get(key), dict):
                 kwargs[key] = build_config(kind, kwargs[key], f"jobs.{key}")
         built: JobConfig = build_config(cls, kwargs, "jobs")

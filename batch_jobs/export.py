@@ -1,4 +1,10 @@
-"""Query export for assessors: exports/<query_id>/{query.csv, query.parquet, manifest.json}.
+"""Query export for assessors: exports/<query_id>/{query.csv, query.parquet, manifest.json,
+tasks.json, label_config.xml}.
+
+`query.csv` has empty `label` and `assessor_id` columns: an assessor fills them in and sends the
+file back (`python -m client submit-labels query.csv`). `tasks.json` is the same query as Label
+Studio tasks with our prediction as a pre-annotation (`label_config.xml` is its interface);
+Label Studio's JSON export goes back the same way.
 
 The folder is written under a temporary name and renamed into place, so a reader sees a whole
 export or none. Re-exporting an existing query leaves the finished folder as it is.
@@ -16,6 +22,7 @@ from typing import Any
 
 import pandas as pd
 
+from batch_jobs import label_studio
 from batch_jobs.faults import fault_point
 from store.ledger import QueryItem, QueryRecord, now_iso
 
@@ -28,7 +35,10 @@ COLUMNS = [
     "score",
     "strategy",
     "reason",
+    "label",  # filled in by the assessor
+    "assessor_id",  # filled in by the assessor
 ]
+FILES = ("query.csv", "query.parquet", "manifest.json", "tasks.json", "label_config.xml")
 
 
 def query_frame(query: QueryRecord, items: list[QueryItem]) -> pd.DataFrame:
@@ -43,6 +53,8 @@ def query_frame(query: QueryRecord, items: list[QueryItem]) -> pd.DataFrame:
             "score": [it.score for it in items],
             "strategy": [query.strategy] * len(items),
             "reason": [it.reason for it in items],
+            "label": [""] * len(items),
+            "assessor_id": [""] * len(items),
         },
         columns=COLUMNS,
     )
@@ -63,7 +75,8 @@ def manifest(query: QueryRecord, items: list[QueryItem]) -> dict[str, Any]:
         "predicted_counts": dict(Counter(str(it.predicted_label) for it in items)),
         "created_at": query.created_at,
         "exported_at": now_iso(),
-        "files": ["query.csv", "query.parquet"],
+        "overlap": int((params.get("crowd") or {}).get("overlap", 1)),  # answers per item
+        "files": ["query.csv", "query.parquet", "tasks.json", "label_config.xml"],
     }
 
 
@@ -82,7 +95,10 @@ def export_query(exports_dir: Path, query: QueryRecord, items: list[QueryItem]) 
         fault_point("export.write")
         frame.to_parquet(tmp / "query.parquet", index=False, engine="pyarrow")
         (tmp / "manifest.json").write_text(json.dumps(manifest(query, items), indent=2))
-        for name in ("query.csv", "query.parquet", "manifest.json"):
+        (tmp / "tasks.json").write_text(json.dumps(label_studio.tasks(query, items), indent=1))
+        names = query.params.get("classes") or sorted({str(it.predicted_label) for it in items})
+        (tmp / "label_config.xml").write_text(label_studio.label_config(names))
+        for name in FILES:
             with open(tmp / name, "rb") as f:
                 os.fsync(f.fileno())
         if final.exists():  # a torn folder cannot exist (rename), but a foreign one might

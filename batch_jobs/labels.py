@@ -7,15 +7,8 @@ from dataclasses import dataclass
 
 from store.ledger import LabelRow, Ledger
 
-
-@dataclass(frozen=True)
-class LabelIn:
-    """One label as an assessor submits it: a class *name* for a post."""
-
-    post_id: str
-    label: str
-    assessor_id: str
-    query_id: str | None = None
+__all__ = ["LabelRow", "Rejection", "SubmitResult", "submit_labels"]
+MAX_ASSESSOR_BYTES = 128  # as the RPC's limit: every door into the ledger checks it
 
 
 @dataclass(frozen=True)
@@ -34,7 +27,7 @@ class SubmitResult:
     corrections: int = 0  # part of `accepted`
 
 
-def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection | None:
+def _check(i: int, item: LabelRow, classes: set[str], known: bool) -> Rejection | None:
     where = f"labels[{i}]"
     if not item.post_id:
         return Rejection(i, item.post_id, f"{where}.post_id", "empty post_id")
@@ -44,11 +37,16 @@ def _check(i: int, item: LabelIn, classes: set[str], known: bool) -> Rejection |
         return Rejection(i, item.post_id, f"{where}.label", f"unknown class {item.label!r}")
     if not item.assessor_id or not item.assessor_id.strip():
         return Rejection(i, item.post_id, f"{where}.assessor_id", "empty assessor_id")
+    if len(item.assessor_id.encode()) > MAX_ASSESSOR_BYTES:
+        why = f"assessor_id longer than {MAX_ASSESSOR_BYTES} bytes"
+        return Rejection(i, item.post_id, f"{where}.assessor_id", why)
+    if not item.assessor_id.strip().isprintable():  # ids reach logs and metric labels
+        return Rejection(i, item.post_id, f"{where}.assessor_id", "control characters")
     return None
 
 
 def submit_labels(
-    ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
+    ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelRow]
 ) -> SubmitResult:
     """Reject unknown posts, unknown classes and empty assessors, and a second, different label
     from the same assessor for the same post within one call (so that `accepted` counts rows

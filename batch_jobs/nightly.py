@@ -26,6 +26,7 @@ from batch_jobs.active_step import ProposedQuery, propose
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
 from batch_jobs.leases import NIGHTLY, lease_for
+from batch_jobs.query_plan import merge, plan_extras
 from batch_jobs.retrain import retrain
 from batch_jobs.runners import ModelRef
 from batch_jobs.scoring import PoolSource
@@ -36,6 +37,7 @@ from store.pool import Pool, id_hashes
 
 log = logging.getLogger(__name__)
 STAGES = ("close", "expire", "retrain", "plan", "score", "record", "export")
+PLAN_STREAM = 0xA55E55  # seeds the choice of control items, apart from scoring's streams
 
 
 @dataclass
@@ -148,23 +150,26 @@ def _run(
         registry = ModelRegistry(paths.models)
         clf = registry.load()  # ModelUnavailableError before bootstrap
         report.model_version = clf.meta.get("version")
+        plan_rng = np.random.default_rng([cfg.seed, night.toordinal(), PLAN_STREAM])
         with stage("plan"):
             source = _source(paths, cfg, ledger, pool, excluded, report)
+            extras = plan_extras(ledger, pool, clf, cfg.query, cfg.crowd, plan_rng)
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
-            proposed = propose(clf, model, source, cfg.query, cfg.engine, seed, progress)
+            proposed = propose(clf, model, source, extras.query(cfg.query), cfg.engine, seed,
+                               progress)  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):
             report.status = "no_eligible"
             report.reason = "no pooled post in the scoring window is unlabeled and unqueried"
             return report
-        items = _items(pool, source, proposed, clf.classes)
+        items = merge(_items(pool, source, proposed, clf.classes), extras, plan_rng)
         report.post_ids, report.query_size = [it.post_id for it in items], len(items)
         if dry_run:
             report.status, report.reason = "dry_run", "nothing was written"
             return report
-        _record_and_export(paths, cfg, ledger, night, report, items, stage, commit)
+        _record_and_export(paths, cfg, ledger, night, report, items, stage, commit, clf.classes)
         return report
     finally:
         stage.close()
@@ -302,6 +307,7 @@ def _record_and_export(
     items: list[QueryItem],
     stage: _Stages,
     commit: Callable[[], AbstractContextManager[object]],
+    classes: list[str],
 ) -> None:
     """Record the query first (a crash before the export is repaired by the next run)."""
     query_id = f"q{night:%Y%m%d}-{report.model_version or 'none'}"
@@ -310,6 +316,8 @@ def _record_and_export(
         "pool_size": report.pool_size,
         "eligible": report.eligible,
         "seed": cfg.seed,
+        "crowd": asdict(cfg.crowd),
+        "classes": list(classes),  # the export's label choices
     }
     with stage("record"), commit():
         ledger.create_query(

@@ -17,7 +17,8 @@ from typing import Any
 import numpy as np
 
 from batch_jobs.active_step import fold_in
-from batch_jobs.config import JobConfig, Paths
+from batch_jobs.aggregation import aggregate_rows
+from batch_jobs.config import CrowdConfig, JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
 from batch_jobs.stores import Stores, job_stores
@@ -56,6 +57,7 @@ class RetrainReport:
     unknown_class: list[str] = field(default_factory=list)
     missing_embeddings: list[str] = field(default_factory=list)
     candidate: dict[str, float] | None = None  # gate metrics
+    aggregation: dict[str, Any] = field(default_factory=dict)  # labels per method, exclusions
     current: dict[str, float] | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
@@ -88,6 +90,16 @@ def resolve_labels(rows: list[tuple[str, str, str, bool]], classes: list[str]) -
         ties,
         unknown,
     )
+
+
+def resolve_crowd(
+    ledger: Ledger, classes: list[str], crowd: CrowdConfig
+) -> tuple[ResolvedLabels, dict[str, Any]]:
+    """The labels retraining uses: aggregated over assessors (Dawid-Skene where posts have
+    several labels, MV otherwise; see batch_jobs.aggregation), and how they were reached."""
+    agg = aggregate_rows(ledger.labels(), classes, crowd, ledger.control_answers())
+    resolved = ResolvedLabels(agg.post_ids, agg.labels, agg.holdout, agg.ties, agg.unknown_class)
+    return resolved, agg.summary()
 
 
 def evaluate(clf: Classifier, data: LabeledViews) -> dict[str, float]:
@@ -164,7 +176,7 @@ def _retrain_locked(
             f"{new} new labels since {parent_version} < min_new_labels {cfg.min_new_labels}"
         )
         return report
-    resolved = resolve_labels(ledger.labels(), current.classes)
+    resolved, report.aggregation = resolve_crowd(ledger, current.classes, cfg.crowd)
     report.ties, report.unknown_class = resolved.ties, resolved.unknown_class
     data, hold, report.missing_embeddings = gather(stores.pool, resolved)
     if data is None:

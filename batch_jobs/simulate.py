@@ -25,6 +25,7 @@ from tqdm import tqdm
 
 from acquisition.scores import STRATEGIES
 from batch_jobs.active_step import QueryConfig, fold_in, propose_query
+from batch_jobs.assessors import CrowdOracle, make_oracle
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from batch_jobs.sim_report import summarise, write_outputs
 from model.classifier import Classifier
@@ -82,6 +83,10 @@ class SimConfig:
     retrain: str = "finetune"  # after each query: "finetune" (active phase) or "scratch" (passive)
     train: TrainConfig = field(default_factory=TrainConfig)
     preset: str | None = None
+    # Simulated assessors (batch_jobs.assessors): per-assessor accuracy; () = true labels.
+    assessors: tuple[float, ...] = ()
+    overlap: int = 1  # answers per asked row, from distinct assessors
+    aggregate: str = "ds"  # ds (Dawid-Skene where rows have ≥ 2 answers) | mv
 
 
 @dataclass
@@ -92,6 +97,7 @@ class Curve:
     accuracy: list[float] = field(default_factory=list)
     macro_f1: list[float] = field(default_factory=list)
     rare_f1: list[float] = field(default_factory=list)
+    label_accuracy: list[float] = field(default_factory=list)  # simulated assessors only
     seconds: dict[str, list[float]] = field(default_factory=dict)
     self_labelled: dict[str, float] | None = None  # after the last step, see `self_label`
 
@@ -139,8 +145,12 @@ def evaluate(clf: Classifier, test: LabeledViews, rare: np.ndarray) -> tuple[flo
         )
 
 
-def _record(curve: Curve, clf: Classifier, split: Split, labeled: int) -> None:
+def _record(
+    curve: Curve, clf: Classifier, split: Split, labeled: int, oracle: CrowdOracle | None = None
+) -> None:
     t0 = time.perf_counter()
+    if oracle is not None:
+        curve.label_accuracy.append(oracle.label_accuracy())
     acc, f1, rare = evaluate(clf, split.test, split.rare)
     curve.labels.append(labeled)
     curve.accuracy.append(acc)
@@ -156,8 +166,10 @@ def run_strategy(
     cfg: SimConfig,
     seed: int,
     progress: tqdm | None = None,
+    oracle: CrowdOracle | None = None,
 ) -> Curve:
-    """Replay `cfg.steps` queries from the initial labeled rows and passive model `start`."""
+    """Replay `cfg.steps` queries from the initial labeled rows and passive model `start`;
+    with an `oracle`, simulated assessors answer instead of the true labels."""
     rng = np.random.default_rng([seed, zlib.crc32(spec.label.encode())])
     train_cfg = replace(cfg.train, seed=seed)
     query = QueryConfig(
@@ -171,7 +183,7 @@ def run_strategy(
     labeled = np.zeros(len(split.pool), bool)
     labeled[start[0]] = True
     clf, curve = start[1], Curve()
-    _record(curve, clf, split, int(labeled.sum()))
+    _record(curve, clf, split, int(labeled.sum()), oracle)
     for step in range(1, cfg.steps + 1):
         if (~labeled).sum() < cfg.query_size:
             break
@@ -180,16 +192,19 @@ def run_strategy(
         t0 = time.perf_counter()
         parent = clf if cfg.retrain == "finetune" else None  # None: fold_in trains from scratch
         grown = split.pool.take(np.flatnonzero(labeled))
+        if oracle is not None:
+            oracle.ask(proposed.indices)
+            grown = oracle.grown(split.pool)
         clf = fold_in(parent, grown, split.stop, split.classes, train_cfg)
         curve.add_time("training", time.perf_counter() - t0)
         curve.add_time("scoring", proposed.timings["scoring"])
         curve.add_time("selection", proposed.timings["selection"])
         if step % cfg.eval_every == 0:
-            _record(curve, clf, split, int(labeled.sum()))
+            _record(curve, clf, split, int(labeled.sum()), oracle)
         if progress is not None:
             progress.update(1)
     if curve.labels[-1] != labeled.sum():
-        _record(curve, clf, split, int(labeled.sum()))
+        _record(curve, clf, split, int(labeled.sum()), oracle)
     if cfg.self_label is not None:
         curve.self_labelled = self_label(clf, split, labeled, cfg.self_label, train_cfg)
     return curve
@@ -223,14 +238,21 @@ def self_label(
     }
 
 
-def initial_model(split: Split, cfg: SimConfig, seed: int) -> tuple[np.ndarray, Classifier]:
-    """The seed's random initial labeled rows `(initial,)` and the passive model trained on them."""
+def initial_model(
+    split: Split, cfg: SimConfig, seed: int, oracle: CrowdOracle | None = None
+) -> tuple[np.ndarray, Classifier]:
+    """The seed's random initial labeled rows `(initial,)` and the passive model trained on them
+    (on the `oracle`'s aggregated answers when one is given)."""
     rng = np.random.default_rng([seed, 2])
     if cfg.initial > len(split.pool):
         raise InvalidInputError(f"initial {cfg.initial} > pool {len(split.pool)}", "initial")
     rows = np.sort(rng.choice(len(split.pool), cfg.initial, replace=False))
     train_cfg = replace(cfg.train, seed=seed)
-    return rows, fold_in(None, split.pool.take(rows), split.stop, split.classes, train_cfg)
+    labeled = split.pool.take(rows)
+    if oracle is not None:
+        oracle.ask(rows)
+        labeled = oracle.grown(split.pool)
+    return rows, fold_in(None, labeled, split.stop, split.classes, train_cfg)
 
 
 def full_reference(split: Split, cfg: SimConfig, seed: int) -> dict[str, float]:
@@ -262,10 +284,14 @@ def simulate(
         for seed in range(cfg.seeds):
             split = make_split(ds, cfg, seed)
             raw["full"].append(full_reference(split, cfg, seed))
-            start = initial_model(split, cfg, seed)
+            oracle = make_oracle(
+                cfg.assessors, cfg.overlap, cfg.aggregate, split.pool, len(split.classes), seed
+            )
+            start = initial_model(split, cfg, seed, oracle)
             for spec in cfg.strategies:
                 bar.set_postfix(seed=seed, strategy=spec.label)
-                curve = run_strategy(spec, split, start, cfg, seed, bar)
+                crowd = oracle.copy() if oracle is not None else None
+                curve = run_strategy(spec, split, start, cfg, seed, bar, crowd)
                 raw["curves"][spec.label].append(asdict(curve))
                 if checkpoint is not None:
                     checkpoint.write_text(json.dumps(raw))
@@ -322,6 +348,18 @@ SIM_FLAGS: tuple[str, ...] = (
     "stop_on",
 )
 SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain")
+SIM_FLAGS += ("assessors", "overlap", "aggregate")
+
+
+def _accuracies(text: str) -> tuple[float, ...]:
+    """`0.9,0.75,0.6` → (0.9, 0.75, 0.6); each in [0, 1]."""
+    try:
+        out = tuple(float(x) for x in text.split(",") if x.strip())
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"--assessors: {err}") from err
+    if not out or not all(0.0 <= a <= 1.0 for a in out):
+        raise argparse.ArgumentTypeError("--assessors: accuracies in [0, 1], comma-separated")
+    return out
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -355,6 +393,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--retrain", choices=["finetune", "scratch"], help="default finetune")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy box)")
+    p.add_argument(
+        "--assessors",
+        type=_accuracies,
+        help="simulated assessors' accuracies, e.g. 0.9,0.75,0.6 (default: true labels)",
+    )
+    p.add_argument("--overlap", type=int, help="answers per asked row (default 1)")
+    p.add_argument("--aggregate", choices=["ds", "mv"], help="default ds")
     return p.parse_args(argv)
 
 

@@ -1,9 +1,12 @@
 """Command-line client: `python -m client [--target H:P] [--token T] COMMAND ...`.
 
 Commands: classify FILE.npz|FILE.parquet [--limit N] [--batch B] [--values] [--skip-pool];
-ingest FILE [--limit N]; submit-labels FILE.csv (post_id,label,assessor_id[,query_id]);
+ingest FILE [--limit N]; submit-labels FILE (a filled query.csv or any CSV with
+post_id,label,assessor_id[,query_id], or Label Studio's JSON export: FILE.json);
 model-info; health (exit 0 when SERVING); run-nightly [--dry-run] [--seed S]; retrain;
-list-queries [--limit N]. Exit status: 0 done, 1 the call failed, 2 some labels rejected,
+list-queries [--limit N]; assessors (quality per assessor, the excluded ones flagged).
+Exit status: 0 done, 1 the call failed or the file is unreadable, 2 some labels rejected
+(by the server, or rows of the file that hold no usable label: each is printed with why),
 3 run-nightly/retrain did not run (ABORTED: its lease is held elsewhere; UNAVAILABLE: server
 shutting down). Files hold `post_id` and `image`/`text` embeddings (all-NaN or null
 row = missing view), like ../shared/data/reviews.npz.
@@ -24,12 +27,14 @@ from google.protobuf import json_format
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
 from batch_jobs.datasets import read_arrays
+from batch_jobs.label_files import read_labels_file
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from postclf_errors import InvalidInputError, NotFoundError
 
 MAX_MESSAGE = 256 * 1024 * 1024
+LABELS_PER_CALL = 5000  # under the server's default max_labels_per_call (10k)
 
 
 def load_posts_file(
@@ -90,26 +95,40 @@ def cmd_ingest(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub, md: l
 
 
 def cmd_submit_labels(args: argparse.Namespace, stub: pb_grpc.PostClassifierStub, md: list) -> int:
-    with open(args.file, newline="") as f:
-        rows = list(csv.DictReader(f))
-    labels = [
-        pb.Label(
-            post_id=r["post_id"],
-            label=r["label"],
-            assessor_id=r["assessor_id"],
-            query_id=r.get("query_id") or "",
+    """Send every usable row (in calls of LABELS_PER_CALL); the unusable ones are printed to
+    stderr with their reason and never cost a good row its place."""
+    try:
+        rows, problems = read_labels_file(args.file)
+    except InvalidInputError as err:
+        print(f"submit-labels: {err}", file=sys.stderr)
+        return EXIT_ERROR
+    for why in problems:
+        print(f"submit-labels: {args.file}: {why} (not sent)", file=sys.stderr)
+    total = pb.SubmitLabelsResponse()
+    for part in _batches(len(rows), LABELS_PER_CALL):
+        labels = [
+            pb.Label(
+                post_id=r.post_id,
+                label=r.label,
+                assessor_id=r.assessor_id,
+                query_id=r.query_id or "",
+            )
+            for r in rows[part]
+        ]
+        reply = stub.SubmitLabels(
+            pb.SubmitLabelsRequest(labels=labels), metadata=md, timeout=args.timeout
         )
-        for r in rows
-    ]
-    reply = stub.SubmitLabels(
-        pb.SubmitLabelsRequest(labels=labels), metadata=md, timeout=args.timeout
-    )
-    print(
-        json_format.MessageToJson(
-            reply, always_print_fields_with_no_presence=True, preserving_proto_field_name=True
-        )
-    )
-    return 0 if not reply.rejected else EXIT_REJECTED
+        total.accepted += reply.accepted
+        total.duplicates += reply.duplicates
+        for rej in reply.rejected:  # indices into the file's usable rows, not the call's
+            total.rejected.add(
+                index=rej.index + part.start,
+                post_id=rej.post_id,
+                field=rej.field,
+                reason=rej.reason,
+            )
+    _print(total)
+    return 0 if not total.rejected and not problems else EXIT_REJECTED
 
 
 def cmd_health(args: argparse.Namespace, channel: grpc.Channel) -> int:
@@ -161,6 +180,8 @@ def run(args: argparse.Namespace) -> int:
         case "list-queries":
             req = pb.ListQueriesRequest(limit=args.limit)
             return _print(admin.ListQueries(req, metadata=md, timeout=t))
+        case "assessors":
+            return _print(admin.ListAssessors(pb.ListAssessorsRequest(), metadata=md, timeout=t))
     raise SystemExit(f"unknown command {args.command}")
 
 
@@ -213,6 +234,7 @@ def parser() -> argparse.ArgumentParser:
     nightly.add_argument("--seed", type=int, default=0)
     sub.add_parser("retrain").add_argument("--force", action="store_true")
     sub.add_parser("list-queries").add_argument("--limit", type=int, default=0)
+    sub.add_parser("assessors")
     return p
 
 

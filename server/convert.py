@@ -13,13 +13,13 @@ from typing import Any
 
 import numpy as np
 
-from batch_jobs.labels import LabelIn, SubmitResult
+from batch_jobs.labels import SubmitResult
 from model.data import Views
 from model.registry import VERSION_RE, VersionInfo
 from postclf.v1 import postclf_pb2 as pb
 from postclf_errors import InvalidInputError, TooLargeError
 from server.models import Dims
-from store.ledger import QueryRecord
+from store.ledger import LabelRow, QueryRecord
 
 F32LE = np.dtype("<f4")
 
@@ -166,7 +166,7 @@ def classify_response(
 
 
 # -- labels, model info, reports ------------------------------------------------------------
-def labels_from_proto(labels: Sequence[pb.Label], max_labels: int) -> list[LabelIn]:
+def labels_from_proto(labels: Sequence[pb.Label], max_labels: int) -> list[LabelRow]:
     """Whole-request checks only; per-label problems become rejections downstream."""
     if len(labels) == 0:
         raise InvalidInputError("at least one label is required", "labels")
@@ -178,7 +178,7 @@ def labels_from_proto(labels: Sequence[pb.Label], max_labels: int) -> list[Label
         check_bytes(lab.assessor_id, MAX_ASSESSOR_ID_BYTES, f"labels[{i}].assessor_id")
         check_bytes(lab.query_id, MAX_QUERY_ID_BYTES, f"labels[{i}].query_id")
     return [
-        LabelIn(
+        LabelRow(
             post_id=lab.post_id,
             assessor_id=lab.assessor_id,
             label=lab.label,

@@ -19,12 +19,12 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from batch_jobs.config import JobConfig, Paths
-from batch_jobs.labels import LabelIn, SubmitResult, submit_labels
+from batch_jobs.labels import SubmitResult, submit_labels
 from batch_jobs.leases import recover_all
 from batch_jobs.scheduler import build_scheduler
 from postclf_errors import JobCancelledError
 from store.lease import JobScope
-from store.ledger import Ledger
+from store.ledger import LabelRow, Ledger
 
 if TYPE_CHECKING:
     from apscheduler.schedulers.background import BackgroundScheduler
@@ -42,7 +42,7 @@ class Jobs:
     scope: JobScope = field(default_factory=JobScope)
 
     def submit_labels(
-        self, ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelIn]
+        self, ledger: Ledger, classes: Sequence[str], labels: Sequence[LabelRow]
     ) -> SubmitResult:
         return submit_labels(ledger, classes, labels)
 

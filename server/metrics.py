@@ -68,6 +68,18 @@ class Metrics:
         self.nightly_rss = Gauge(
             "postclf_nightly_peak_rss_bytes", "peak RSS after the last nightly run", registry=r
         )
+        self.assessor_accuracy = Gauge(
+            "postclf_assessor_accuracy",
+            "assessor accuracy by source: control (known answers) or dawid_skene (estimate)",
+            ["assessor", "source"],
+            registry=r,
+        )
+        self.assessor_excluded = Gauge(
+            "postclf_assessor_excluded",
+            "1 when the assessor is below the quality floor and their labels are left out",
+            ["assessor"],
+            registry=r,
+        )
 
     def observe_nightly(self, report: Any) -> None:
         """Per-stage seconds, posts scored/expired/skipped and peak RSS of a nightly report."""
@@ -78,6 +90,17 @@ class Metrics:
         for reason, n in report.skipped.items():
             self.nightly_posts.labels(f"skipped_{reason}").set(n)
         self.nightly_rss.set(report.peak_rss_mb * 2**20)
+
+    def observe_assessors(self, quality: list[dict[str, Any]]) -> None:
+        """Per assessor (a retrain report's `aggregation.assessors`): accuracy on control
+        items, DS estimate, excluded (1) or not (0)."""
+        for q in quality:
+            who = q["assessor_id"]
+            if q.get("control_accuracy") is not None:
+                self.assessor_accuracy.labels(who, "control").set(q["control_accuracy"])
+            if q.get("ds_accuracy") is not None:
+                self.assessor_accuracy.labels(who, "dawid_skene").set(q["ds_accuracy"])
+            self.assessor_excluded.labels(who).set(int(bool(q.get("excluded"))))
 
     def observe_batch(self, posts: int, calls: int) -> None:
         self.batch_posts.observe(posts)

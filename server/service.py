@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from batch_jobs.labels import LabelIn, SubmitResult
+from batch_jobs.aggregation import GAUGED, AssessorQuality, assessor_quality
+from batch_jobs.labels import SubmitResult
 from model.data import Views
 from model.registry import ModelRegistry, VersionInfo
 from postclf_errors import InvalidInputError
@@ -17,7 +18,7 @@ from server.jobs import Jobs
 from server.metrics import Metrics
 from server.models import ModelHolder
 from server.poolwriter import PoolBatch, PoolWriter
-from store.ledger import Ledger, QueryRecord
+from store.ledger import LabelRow, Ledger, QueryRecord
 from store.pool import Pool
 
 log = logging.getLogger(__name__)
@@ -62,7 +63,7 @@ class PostService:
         new = done.result()  # group commit with concurrent calls; a failed write raises
         return new, len(post_ids) - new
 
-    def submit_labels(self, rows: list[LabelIn]) -> SubmitResult:
+    def submit_labels(self, rows: list[LabelRow]) -> SubmitResult:
         """Store labels durably (committed before return); bad items come back as rejections."""
         classes = self.holder.require().classes
         self.writer.sync()  # posts classified just before are known to the ledger
@@ -86,15 +87,25 @@ class PostService:
         report = self.jobs.run_nightly(dry_run=dry_run, seed=seed)
         if not dry_run:
             self.metrics.observe_nightly(report)
+            aggregation = (report.retrain or {}).get("aggregation") or {}
+            self.metrics.observe_assessors(aggregation.get("assessors", []))
         return report, self._reload()
 
     def retrain(self, force: bool) -> tuple[Any, str | None]:
         self._before_job()
         report = self.jobs.retrain(force)
+        self.metrics.observe_assessors(getattr(report, "aggregation", {}).get("assessors", []))
         return report, self._reload()
 
     def list_queries(self, limit: int) -> list[QueryRecord]:
         return self.ledger.list_queries(limit=limit)
+
+    def assessors(self) -> tuple[list[AssessorQuality], float]:
+        """Every assessor's quality as retraining would judge it now (and the floor)."""
+        crowd = self.jobs.cfg.crowd
+        quality = assessor_quality(self.ledger, self.holder.require().classes, crowd)
+        self.metrics.observe_assessors([{k: getattr(q, k) for k in GAUGED} for q in quality])
+        return quality, crowd.quality_floor
 
     def _reload(self) -> str | None:
         model = self.holder.refresh()

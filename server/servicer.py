@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import time
 
 import grpc
 
+from batch_jobs.aggregation import AssessorQuality
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from postclf_errors import InvalidInputError, TooLargeError
@@ -103,3 +105,29 @@ class AdminServicer(pb_grpc.AdminServicer):
             raise TooLargeError("limit is at most 10000")
         records = self.svc.list_queries(request.limit or DEFAULT_QUERY_LIMIT)
         return pb.ListQueriesResponse(queries=[convert.query_to_proto(r) for r in records])
+
+    @grpc_errors
+    def ListAssessors(
+        self, request: pb.ListAssessorsRequest, context: grpc.ServicerContext
+    ) -> pb.ListAssessorsResponse:
+        quality, floor = self.svc.assessors()
+        return assessors_to_proto(quality, floor)
+
+
+def assessors_to_proto(quality: list[AssessorQuality], floor: float) -> pb.ListAssessorsResponse:
+    out = pb.ListAssessorsResponse(quality_floor=floor)
+    for q in quality:
+        msg = out.assessors.add(
+            assessor_id=q.assessor_id,
+            labels=q.labels,
+            shared_labels=q.shared,
+            control_answers=q.control_answers,
+            excluded=q.excluded,
+            reason=q.reason,
+            confusion_json=json.dumps(q.confusion, sort_keys=True),
+        )
+        if q.control_accuracy is not None:
+            msg.control_accuracy = q.control_accuracy
+        if q.ds_accuracy is not None:
+            msg.ds_accuracy = q.ds_accuracy
+    return out

@@ -264,7 +264,7 @@ class Ledger:
                 ),
             )
             conn.executemany(
-                "INSERT INTO query_items VALUES (?, ?, ?, ?, ?, ?, ?)",
+                "INSERT INTO query_items VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 [
                     (
                         query_id,
@@ -274,6 +274,8 @@ class Ledger:
                         it.predicted_label,
                         None if it.confidence is None else float(it.confidence),
                         it.reason,
+                        it.kind,
+                        it.gold_label,
                     )
                     for it in items
                 ],
@@ -315,11 +317,20 @@ class Ledger:
 
     def query_items(self, query_id: str) -> list[QueryItem]:
         rows = self._read(
-            "SELECT rank, post_id, score, predicted_label, confidence, reason FROM query_items "
-            "WHERE query_id = ? ORDER BY rank",
+            "SELECT rank, post_id, score, predicted_label, confidence, reason, kind, gold_label "
+            "FROM query_items WHERE query_id = ? ORDER BY rank",
             (query_id,),
         )
         return [QueryItem(*r) for r in rows]
+
+    def control_answers(self) -> list[tuple[str, str, str, str]]:
+        """`(post_id, assessor_id, answer, gold_label)` of every label given to a control item
+        of the query it names (the label's query_id)."""
+        return self._read(
+            "SELECT l.post_id, l.assessor_id, l.label, i.gold_label FROM labels l "
+            "JOIN query_items i ON i.query_id = l.query_id AND i.post_id = l.post_id "
+            "WHERE i.kind = 'control' ORDER BY l.seq"
+        )
 
     def excluded_post_ids(self) -> Iterator[str]:
         """Labeled posts and posts in open queries (the nightly never re-queries them),

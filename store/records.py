@@ -8,7 +8,8 @@ from typing import Any
 
 @dataclass(frozen=True)
 class LabelRow:
-    """One assessor's label (a class name) for one post."""
+    """One assessor's label (a class name) for one post: what an assessor submits (through
+    any door: RPC, file import, bootstrap) and what the ledger stores."""
 
     post_id: str
     assessor_id: str
@@ -33,6 +34,8 @@ class QueryItem:
     predicted_label: str | None
     confidence: float | None
     reason: str | None
+    kind: str = "new"  # new | relabel (an unsure label asked again) | control (known answer)
+    gold_label: str | None = None  # control items: the known answer (never exported)
 
 
 @dataclass(frozen=True)

@@ -71,6 +71,14 @@ MIGRATIONS: list[str] = [
         expires_at REAL NOT NULL  -- unix seconds
     );
     """,
+    # 2: assessors as people. A query item is a new post, a re-ask of an unsure label, or a
+    # control post with a known answer (never marked as such in the export).
+    """
+    ALTER TABLE query_items ADD COLUMN kind TEXT NOT NULL DEFAULT 'new'
+        CHECK (kind IN ('new', 'relabel', 'control'));
+    ALTER TABLE query_items ADD COLUMN gold_label TEXT;  -- control items: the known answer
+    CREATE INDEX query_items_kind ON query_items(kind);
+    """,
 ]
 
 

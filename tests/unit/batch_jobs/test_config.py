@@ -68,3 +68,12 @@ def test_the_batch_cli_reads_the_servers_jobs_table(tmp_path, monkeypatch):
         parse_args(["--config", str(cfg_file), "--home", "/h", "nightly", "--engine", "ray"])
     )
     assert paths.home == Path("/h") and cfg.engine.engine == "ray" and cfg.engine.workers == 2
+
+
+def test_crowd_section_builds_and_names_unknown_keys():
+    from batch_jobs.config import CrowdConfig
+
+    cfg = JobConfig.from_dict({"crowd": {"overlap": 3, "control_share": 0.1}})
+    assert cfg.crowd == CrowdConfig(overlap=3, control_share=0.1)
+    with pytest.raises(InvalidInputError, match=r"jobs\.crowd"):
+        JobConfig.from_dict({"crowd": {"overlpa": 3}})

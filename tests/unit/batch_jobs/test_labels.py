@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from batch_jobs.labels import LabelIn, submit_labels
+from batch_jobs.labels import LabelRow, submit_labels
 from store.ledger import Ledger
 
 CLASSES = ["Dresses", "Knits"]
@@ -18,19 +18,19 @@ def ledger(tmp_path):
 
 
 def test_all_valid(ledger):
-    got = submit_labels(ledger, CLASSES, [LabelIn("p1", "Dresses", "ann", "q1")])
+    got = submit_labels(ledger, CLASSES, [LabelRow("p1", "ann", "Dresses", "q1")])
     assert (got.accepted, got.duplicates, got.rejected) == (1, 0, [])
     assert ledger.labels()[0][:3] == ("p1", "ann", "Dresses")
 
 
 def test_each_rule_and_good_items_kept(ledger):
     items = [
-        LabelIn("p1", "Dresses", "ann"),
-        LabelIn("nope", "Dresses", "ann"),
-        LabelIn("p2", "Jackets", "ann"),
-        LabelIn("p2", "Knits", "  "),
-        LabelIn("", "Knits", "ann"),
-        LabelIn("p2", "Knits", "bob"),
+        LabelRow("p1", "ann", "Dresses"),
+        LabelRow("nope", "ann", "Dresses"),
+        LabelRow("p2", "ann", "Jackets"),
+        LabelRow("p2", "  ", "Knits"),
+        LabelRow("", "ann", "Knits"),
+        LabelRow("p2", "bob", "Knits"),
     ]
     got = submit_labels(ledger, CLASSES, items)
     assert got.accepted == 2
@@ -47,15 +47,32 @@ def test_each_rule_and_good_items_kept(ledger):
 
 
 def test_duplicates_and_corrections(ledger):
-    submit_labels(ledger, CLASSES, [LabelIn("p1", "Dresses", "ann")])
-    dup = submit_labels(ledger, CLASSES, [LabelIn("p1", "Dresses", "ann")])
-    fix = submit_labels(ledger, CLASSES, [LabelIn("p1", "Knits", "ann")])
+    submit_labels(ledger, CLASSES, [LabelRow("p1", "ann", "Dresses")])
+    dup = submit_labels(ledger, CLASSES, [LabelRow("p1", "ann", "Dresses")])
+    fix = submit_labels(ledger, CLASSES, [LabelRow("p1", "ann", "Knits")])
     assert (dup.accepted, dup.duplicates) == (0, 1)
     assert (fix.accepted, fix.corrections) == (1, 1)
     assert [r[2] for r in ledger.labels()] == ["Knits"]
 
 
 def test_only_bad_items_write_nothing(ledger):
-    got = submit_labels(ledger, CLASSES, [LabelIn("nope", "Dresses", "ann")])
+    got = submit_labels(ledger, CLASSES, [LabelRow("nope", "ann", "Dresses")])
     assert (got.accepted, len(got.rejected)) == (0, 1)
     assert ledger.labels() == []
+
+
+def test_assessor_ids_are_bounded_and_printable(ledger):
+    got = submit_labels(
+        ledger,
+        CLASSES,
+        [
+            LabelRow("p1", "a" * 129, "Dresses"),
+            LabelRow("p1", "ann\nroot", "Dresses"),
+            LabelRow("p1", "ann", "Dresses"),
+        ],
+    )
+    assert [(r.index, r.field, r.reason) for r in got.rejected] == [
+        (0, "labels[0].assessor_id", "assessor_id longer than 128 bytes"),
+        (1, "labels[1].assessor_id", "control characters"),
+    ]
+    assert got.accepted == 1  # the good label of the same call is stored

@@ -13,7 +13,7 @@ import pandas as pd
 import pytest
 
 from batch_jobs.export import COLUMNS, read_export
-from batch_jobs.labels import LabelIn, submit_labels
+from batch_jobs.labels import LabelRow, submit_labels
 from batch_jobs.nightly import run_nightly
 from model.data import Views
 from model.registry import ModelRegistry
@@ -48,9 +48,11 @@ def test_export_folder_contents(paths, job_cfg, small):
     folder = paths.exports / rep.query_id
     assert rep.export_path == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == [
+        "label_config.xml",  # Label Studio's interface and tasks (issue 13)
         "manifest.json",
         "query.csv",
         "query.parquet",
+        "tasks.json",
     ]
     table, manifest = read_export(folder)
     assert list(table.columns) == COLUMNS
@@ -92,7 +94,7 @@ def test_open_query_and_labeled_posts_are_not_requeried(paths, job_cfg, small):
         p for p in small["post_id"][small["split"] == "test"].astype(str) if p not in first.post_ids
     ][:3]
     with Ledger(paths.ledger) as ledger:
-        submit_labels(ledger, classes, [LabelIn(p, true_label(small, p), "ann") for p in labeled])
+        submit_labels(ledger, classes, [LabelRow(p, "ann", true_label(small, p)) for p in labeled])
     second = run_nightly(paths, job_cfg, night=date(2026, 3, 2))
     assert second.status == "created" and second.eligible == 216 - 20 - 3
     assert not set(second.post_ids) & (set(first.post_ids) | set(labeled))
@@ -113,7 +115,7 @@ def test_nightly_retrains_on_new_labels_and_queries_with_the_new_model(paths, jo
     first = run_nightly(paths, job_cfg, night=NIGHT)
     classes = small["class_names"].astype(str).tolist()
     with Ledger(paths.ledger) as ledger:
-        items = [LabelIn(p, true_label(small, p), "ann", first.query_id) for p in first.post_ids]
+        items = [LabelRow(p, "ann", true_label(small, p), first.query_id) for p in first.post_ids]
         assert submit_labels(ledger, classes, items).accepted == 20
     second = run_nightly(paths, job_cfg, night=date(2026, 3, 2))
     assert second.retrain["status"] in {"promoted", "rejected"}
@@ -189,7 +191,7 @@ def test_old_days_expire_but_labeled_posts_keep_their_embeddings(paths, job_cfg,
         pool.close()
         ledger.add_posts(old_ids, "ingest")
         classes = small["class_names"].astype(str).tolist()
-        submit_labels(ledger, classes, [LabelIn("old-3", classes[0], "ann")])
+        submit_labels(ledger, classes, [LabelRow("old-3", "ann", classes[0])])
     rep = run_nightly(paths, job_cfg, night=NIGHT)  # 2026-03-01: Feb 1 is past 14 days
     assert rep.expired == 9 and rep.status == "created"
     assert "2026-02-01" not in Pool(paths.pool).days()

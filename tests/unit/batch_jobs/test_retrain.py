@@ -11,7 +11,7 @@ import torch
 import batch_jobs.retrain as retrain_mod
 from batch_jobs.bootstrap import ensure_model
 from batch_jobs.config import Paths
-from batch_jobs.labels import LabelIn, submit_labels
+from batch_jobs.labels import LabelRow, submit_labels
 from batch_jobs.retrain import decide, resolve_labels, retrain
 from model.registry import ModelRegistry
 from postclf_errors import JobBusyError, ModelUnavailableError
@@ -26,7 +26,7 @@ def label_test_posts(paths: Paths, small, n: int, assessor: str = "ann") -> list
     classes = small["class_names"].astype(str).tolist()
     with Ledger(paths.ledger) as ledger:
         got = submit_labels(
-            ledger, classes, [LabelIn(p, true_label(small, p), assessor) for p in ids]
+            ledger, classes, [LabelRow(p, assessor, true_label(small, p)) for p in ids]
         )
     assert got.accepted == n
     return ids

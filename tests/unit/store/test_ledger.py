@@ -183,3 +183,35 @@ def test_many_threads_add_labels(tmp_path):
         t.join()
     assert len(led.labels()) == 200
     led.close()
+
+
+def test_a_version_1_ledger_migrates_on_open_and_keeps_its_rows(tmp_path):
+    import sqlite3
+
+    from store.schema import MIGRATIONS, _statements
+
+    path = tmp_path / "old.db"
+    conn = sqlite3.connect(path)
+    for statement in _statements(MIGRATIONS[0]):
+        conn.execute(statement)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO queries VALUES ('q1', 'n', 't', NULL, 'margin', '{}', 'open', NULL)")
+    conn.execute("INSERT INTO query_items VALUES ('q1', 0, 'p1', 0.5, 'A', 0.9, 'top-score')")
+    conn.commit()
+    conn.close()
+    with Ledger(path) as led:
+        assert led.schema_version == len(MIGRATIONS) == 2
+        (item,) = led.query_items("q1")
+        assert (item.post_id, item.kind, item.gold_label) == ("p1", "new", None)
+
+
+def test_control_answers_join_labels_to_the_control_items_of_their_query(ledger):
+    ledger.add_posts(["p2", "p3"], "ingest")
+    items = [
+        QueryItem(0, "p2", 0.1, "A", 0.5, "top-score", kind="control", gold_label="Dresses"),
+        QueryItem(1, "p3", 0.2, "A", 0.5, "top-score"),
+    ]
+    ledger.create_query("q9", "n", None, "margin", {}, items)
+    ledger.add_labels([LabelRow("p2", "ann", "Knits", "q9"), LabelRow("p3", "ann", "Knits", "q9")])
+    ledger.add_labels([LabelRow("p2", "bob", "Dresses")])  # no query named: a plain vote
+    assert ledger.control_answers() == [("p2", "ann", "Knits", "Dresses")]
