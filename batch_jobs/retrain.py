@@ -21,8 +21,9 @@ from batch_jobs.config import JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
 from model.classifier import Classifier
+from model.evaluation import evaluate_model
 from model.registry import ModelRegistry
-from model.training import LabeledViews, macro_f1
+from model.training import LabeledViews
 from store.lease import Lease
 from store.ledger import Ledger
 from store.pool import Pool
@@ -90,14 +91,9 @@ def resolve_labels(rows: list[tuple[str, str, str, bool]], classes: list[str]) -
 
 
 def evaluate(clf: Classifier, data: LabeledViews) -> dict[str, float]:
-    """Accuracy and macro-F1 of the served predictions on `data`."""
-    pred = clf.predict(data.views).probs.argmax(1)
-    f1 = macro_f1(pred, data.labels, len(clf.classes))
-    return {
-        "accuracy": float((pred == data.labels).mean()),
-        "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else 0.0,
-        "n": len(data),
-    }
+    """Accuracy and macro-F1 of the served predictions on `data` (`model.evaluation`)."""
+    m = evaluate_model(clf, data)
+    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "n": m.n}
 
 
 def gather(

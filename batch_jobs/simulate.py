@@ -28,7 +28,8 @@ from batch_jobs.active_step import QueryConfig, fold_in, propose_query
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from batch_jobs.sim_report import summarise, write_outputs
 from model.classifier import Classifier
-from model.training import LabeledViews, TrainConfig, macro_f1
+from model.evaluation import evaluate_model, rare_classes
+from model.training import LabeledViews, TrainConfig
 from postclf_errors import InvalidInputError
 
 DIVERSITY = ("kmeans", "kcenter")
@@ -121,22 +122,14 @@ def make_split(ds: Dataset, cfg: SimConfig, seed: int) -> Split:
     test = whole.take(ds.rows("test"))
     val_rows = ds.rows("val")
     stop = {"val": whole.take(val_rows) if len(val_rows) else None, "test": test, "none": None}
-    counts = np.bincount(ds.labels[train_rows], minlength=len(ds.class_names))
-    n_rare = max(1, int(np.ceil(len(counts) * cfg.rare_fraction)))
-    rare = np.argsort(counts, kind="stable")[:n_rare]
+    rare = rare_classes(ds.labels[train_rows], len(ds.class_names), cfg.rare_fraction)
     return Split(whole.take(train_rows), stop[cfg.stop_on], test, ds.class_names, rare)
 
 
 def evaluate(clf: Classifier, test: LabeledViews, rare: np.ndarray) -> tuple[float, float, float]:
-    """(accuracy, macro-F1, macro-F1 over the rare classes) on `test`."""
-    pred = clf.predict(test.views).probs.argmax(1)
-    f1 = macro_f1(pred, test.labels, len(clf.classes))
-    with np.errstate(all="ignore"):
-        return (
-            float((pred == test.labels).mean()),
-            float(np.nanmean(f1)),
-            float(np.nanmean(f1[rare])),
-        )
+    """(accuracy, macro-F1, macro-F1 over the rare classes) on `test` (`model.evaluation`)."""
+    m = evaluate_model(clf, test, rare)
+    return m.accuracy, m.macro_f1, m.rare_f1
 
 
 def _record(curve: Curve, clf: Classifier, split: Split, labeled: int) -> None:
