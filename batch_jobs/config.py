@@ -7,6 +7,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from acquisition.stochastic import check_sampling
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
@@ -17,12 +18,17 @@ ENGINES = ("local", "ray")
 class QueryConfig:
     """How a query is chosen."""
 
-    strategy: str = "margin"  # random | least_confidence | margin | entropy | bald
+    strategy: str = "margin"  # a name in acquisition.scores.STRATEGIES
     query_size: int = 20
     candidate_factor: int = 10  # diversity/balance pick from the top factor·q by score
     diversity: str | None = None  # None | "kmeans" | "kcenter"
     balance: bool = False  # cap each predicted class at its share of the query
     mc_samples: int = 20  # T for MC-Dropout strategies (bald)
+    sampling: str = "top"  # top | power | softmax (acquisition.stochastic)
+    temperature: float = 1.0  # sampling temperature T (weights score^(1/T) or exp(score/T))
+
+    def __post_init__(self) -> None:
+        check_sampling(self.sampling, self.temperature)
 
 
 @dataclass(frozen=True)
