@@ -26,9 +26,20 @@ class QueryConfig:
     mc_samples: int = 20  # T for MC-Dropout strategies (bald)
     sampling: str = "top"  # top | power | softmax (acquisition.stochastic)
     temperature: float = 1.0  # sampling temperature T (weights score^(1/T) or exp(score/T))
+    cold_start_labels: int = 0  # below this many labels: typicality cold start (0 = never)
+    cold_start_sample: int = 20_000  # uniform sample of eligible posts the cold start clusters
+    random_share: float = 0.0  # share of each query drawn uniformly at random (a control)
 
     def __post_init__(self) -> None:
         check_sampling(self.sampling, self.temperature)
+        if self.query_size < 1:
+            raise InvalidInputError(f"must be >= 1, got {self.query_size}", "query_size")
+        if self.cold_start_labels < 0:
+            raise InvalidInputError("must be >= 0", "cold_start_labels")
+        if self.cold_start_sample < self.query_size:
+            raise InvalidInputError("must be >= query_size", "cold_start_sample")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise InvalidInputError(f"must be in [0, 1], got {self.random_share}", "random_share")
 
 
 @dataclass(frozen=True)

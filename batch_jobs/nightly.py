@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from batch_jobs.active_step import ProposedQuery, propose
+from batch_jobs.active_step import ProposedQuery
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
 from batch_jobs.leases import nightly_lease
+from batch_jobs.policy import propose_policy
 from batch_jobs.retrain import retrain
 from batch_jobs.runners import ModelRef
 from batch_jobs.scoring import PoolSource
@@ -163,7 +164,10 @@ def _run(
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
-            proposed = propose(clf, model, source, cfg.query, cfg.engine, seed, progress)
+            proposed = propose_policy(
+                clf, model, source, cfg.query, cfg.engine, seed, progress,
+                labeled_count=ledger.count_labels_since(0),
+            )  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):
             report.status = "no_eligible"

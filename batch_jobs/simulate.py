@@ -24,8 +24,10 @@ import torch
 from tqdm import tqdm
 
 from acquisition.scores import STRATEGIES
-from batch_jobs.active_step import QueryConfig, fold_in, propose_query
+from acquisition.stochastic import SAMPLINGS
+from batch_jobs.active_step import QueryConfig, fold_in
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
+from batch_jobs.policy import propose_in_memory
 from batch_jobs.sim_report import summarise, write_outputs
 from model.classifier import Classifier
 from model.evaluation import evaluate_model, rare_classes
@@ -38,29 +40,54 @@ STOP_ON = ("val", "test", "none")
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """One curve: a score plus optional stages, written `margin+kmeans+balance`."""
+    """One curve: a score plus optional stages, written `margin+power+kmeans+balance`.
+
+    Stages: `kmeans`|`kcenter` (diversity), `balance`, `power`|`softmax` (sampling, at
+    `SimConfig.temperature`), `typical` (typicality cold start below `cold_start_labels`),
+    `control` (a `random_share` of each query drawn at random)."""
 
     label: str
     strategy: str
     diversity: str | None = None
     balance: bool = False
+    sampling: str = "top"
+    cold_start: bool = False
+    control: bool = False
 
     @classmethod
     def parse(cls, text: str, diversity: str | None = None, balance: bool = False) -> StrategySpec:
-        """`score[+kmeans|+kcenter][+balance]`; the global --diversity/--balance add stages."""
+        """`score[+stage...]`; the global --diversity/--balance add stages."""
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in STRATEGIES:
             raise InvalidInputError(f"unknown strategy in {text!r}; known {sorted(STRATEGIES)}")
-        div, bal = diversity, balance
+        div, bal, samp, cold, ctrl = diversity, balance, "top", False, False
         for extra in parts[1:]:
             if extra in DIVERSITY:
                 div = extra
             elif extra == "balance":
                 bal = True
+            elif extra in SAMPLINGS[1:]:
+                samp = extra
+            elif extra in ("typical", "control"):
+                cold, ctrl = cold or extra == "typical", ctrl or extra == "control"
             else:
                 raise InvalidInputError(f"unknown stage {extra!r} in {text!r}", "strategies")
-        label = "+".join([parts[0], *([div] if div else []), *(["balance"] if bal else [])])
-        return cls(label, parts[0], div, bal)
+        label = "+".join(
+            [parts[0], *([samp] if samp != "top" else []), *([div] if div else []),
+             *(["balance"] if bal else []), *(["typical"] if cold else []),
+             *(["control"] if ctrl else [])]
+        )  # fmt: skip
+        return cls(label, parts[0], div, bal, samp, cold, ctrl)
+
+    def query(self, cfg: SimConfig) -> QueryConfig:
+        """The QueryConfig of this curve under the run's settings."""
+        return QueryConfig(
+            self.strategy, cfg.query_size, cfg.candidate_factor, self.diversity, self.balance,
+            cfg.mc_samples, self.sampling, cfg.temperature,
+            cold_start_labels=cfg.cold_start_labels if self.cold_start else 0,
+            cold_start_sample=max(cfg.cold_start_sample, cfg.query_size),
+            random_share=cfg.random_share if self.control else 0.0,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -76,6 +103,13 @@ class SimConfig:
     pool_limit: int = 100_000
     eval_every: int = 1
     stop_on: str = "val"  # early stopping on the val split, the test split (published), or none
+    # "test": curves are measured on the test split. "val": on one half of the val split (the
+    # other half stops and calibrates), so defaults can be chosen without touching test.
+    eval_on: str = "test"
+    temperature: float = 1.0  # of +power / +softmax sampling
+    cold_start_labels: int = 1000  # +typical: typicality queries while fewer labels exist
+    cold_start_sample: int = 20_000
+    random_share: float = 0.1  # +control: this share of each query is drawn at random
     candidate_factor: int = 10
     mc_samples: int = 20
     rare_fraction: float = 1 / 3  # rare classes: this fraction of classes with fewest train rows
@@ -121,6 +155,12 @@ def make_split(ds: Dataset, cfg: SimConfig, seed: int) -> Split:
     whole = LabeledViews(ds.views, ds.labels)
     test = whole.take(ds.rows("test"))
     val_rows = ds.rows("val")
+    if cfg.eval_on == "val":
+        if len(val_rows) < 2:
+            raise InvalidInputError("needs a val split of at least 2 rows", "eval_on")
+        val_rows = rng.permutation(val_rows)
+        half = len(val_rows) // 2
+        val_rows, test = np.sort(val_rows[:half]), whole.take(np.sort(val_rows[half:]))
     stop = {"val": whole.take(val_rows) if len(val_rows) else None, "test": test, "none": None}
     rare = rare_classes(ds.labels[train_rows], len(ds.class_names), cfg.rare_fraction)
     return Split(whole.take(train_rows), stop[cfg.stop_on], test, ds.class_names, rare)
@@ -153,14 +193,7 @@ def run_strategy(
     """Replay `cfg.steps` queries from the initial labeled rows and passive model `start`."""
     rng = np.random.default_rng([seed, zlib.crc32(spec.label.encode())])
     train_cfg = replace(cfg.train, seed=seed)
-    query = QueryConfig(
-        spec.strategy,
-        cfg.query_size,
-        cfg.candidate_factor,
-        spec.diversity,
-        spec.balance,
-        cfg.mc_samples,
-    )
+    query = spec.query(cfg)
     labeled = np.zeros(len(split.pool), bool)
     labeled[start[0]] = True
     clf, curve = start[1], Curve()
@@ -168,7 +201,7 @@ def run_strategy(
     for step in range(1, cfg.steps + 1):
         if (~labeled).sum() < cfg.query_size:
             break
-        proposed = propose_query(clf, split.pool.views, ~labeled, query, rng)
+        proposed = propose_in_memory(clf, split.pool.views, labeled, query, rng)
         labeled[proposed.indices] = True  # the assessor answers with the true labels
         t0 = time.perf_counter()
         parent = clf if cfg.retrain == "finetune" else None  # None: fold_in trains from scratch
@@ -314,7 +347,8 @@ SIM_FLAGS: tuple[str, ...] = (
     "eval_every",
     "stop_on",
 )
-SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain")
+SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain", "eval_on")
+SIM_FLAGS += ("temperature", "cold_start_labels", "random_share")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -329,6 +363,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diversity", choices=["none", *DIVERSITY], default="none")
     p.add_argument("--balance", action="store_true")
     p.add_argument("--stop-on", choices=STOP_ON)
+    p.add_argument(
+        "--eval-on",
+        choices=["test", "val"],
+        help="val: measure on half the val split (the other half stops): for choosing defaults",
+    )
     p.add_argument("--no-calibrate", action="store_true")
     for name in ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "d"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
@@ -338,6 +377,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("dropout", "lr", "weight_decay", "finetune_lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float)
     p.add_argument("--model", choices=["trident", "linear"])
+    p.add_argument("--temperature", type=float, help="+power/+softmax sampling temperature (1)")
+    p.add_argument(
+        "--cold-start-labels", type=int, help="+typical: typicality below this many labels (1000)"
+    )
+    p.add_argument("--random-share", type=float, help="+control: random share of a query (0.1)")
     p.add_argument(
         "--self-label",
         type=float,
