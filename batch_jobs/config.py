@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 from acquisition.stochastic import check_sampling
+from batch_jobs.self_training import SelfTrainConfig
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
@@ -107,6 +108,8 @@ class JobConfig:
     pool_days: int = 14  # retention: day partitions older than this are deleted nightly
     score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
+    # Self-training in the retrain's fine-tune (off by default; batch_jobs.self_training).
+    self_training: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def __post_init__(self) -> None:
         if self.min_new_labels < 0:
@@ -136,6 +139,11 @@ class JobConfig:
             kwargs["train"] = _build(TrainConfig, kwargs["train"], "jobs.train")
         if isinstance(kwargs.get("engine"), dict):
             kwargs["engine"] = _build(EngineConfig, kwargs["engine"], "jobs.engine")
+        if isinstance(kwargs.get("self_training"), dict):
+            st = dict(kwargs["self_training"])
+            if "thresholds" in st:
+                st["thresholds"] = tuple(st["thresholds"])
+            kwargs["self_training"] = _build(SelfTrainConfig, st, "jobs.self_training")
         return cls(**kwargs)
 
 

@@ -20,13 +20,15 @@ from batch_jobs.active_step import fold_in
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
+from batch_jobs.self_training import pool_sample, with_pseudo_labels
+from batch_jobs.stopping import stability
 from model.classifier import Classifier
 from model.evaluation import evaluate_model
 from model.registry import ModelRegistry
 from model.training import LabeledViews
 from store.lease import Lease
 from store.ledger import Ledger
-from store.pool import Pool
+from store.pool import Pool, id_hashes
 
 log = logging.getLogger(__name__)
 LOCK = RETRAIN
@@ -57,6 +59,10 @@ class RetrainReport:
     missing_embeddings: list[str] = field(default_factory=list)
     candidate: dict[str, float] | None = None  # gate metrics
     current: dict[str, float] | None = None
+    # Self-training (jobs.self_training): pseudo-labels added, threshold, its gate precision.
+    self_training: dict[str, Any] | None = None
+    # Stopping signal: share of gate posts the candidate predicts as the current model does.
+    stability: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -168,8 +174,33 @@ def _retrain_locked(
     if len(train) == 0:
         report.reason = "every labeled post is a holdout post: nothing to train on"
         return report
+    if cfg.self_training.enabled:
+        train = _self_train(paths, cfg, ledger, current, train, gate, report)
     report.seconds["load"] = time.perf_counter() - t0
     return _train_and_gate(cfg, ledger, lease, registry, current, train, gate, seq, report)
+
+
+def _self_train(
+    paths: Paths,
+    cfg: JobConfig,
+    ledger: Ledger,
+    current: Classifier,
+    train: LabeledViews,
+    gate: LabeledViews,
+    report: RetrainReport,
+) -> LabeledViews:
+    """Confident pseudo-labels of a uniform sample of unlabeled, unqueried, non-holdout pool
+    posts join the fine-tune; the threshold is chosen on the gate set."""
+    excluded = np.unique(id_hashes(ledger.excluded_post_ids()))
+    sample = pool_sample(
+        Pool(paths.pool, cfg.pool_dtype), excluded, cfg.holdout_fraction,
+        cfg.self_training.max_pool, cfg.engine.chunk_rows,
+    )  # fmt: skip
+    grown, pseudo = with_pseudo_labels(
+        current, train, sample, gate if len(gate) else None, cfg.self_training
+    )
+    report.self_training = pseudo.report() | {"candidates": 0 if sample is None else len(sample)}
+    return grown
 
 
 def _train_and_gate(
@@ -190,6 +221,10 @@ def _train_and_gate(
     report.seconds["train"] = t1 - t0
     if len(gate):
         report.candidate, report.current = evaluate(candidate, gate), evaluate(current, gate)
+        report.stability = stability(
+            current.predict(gate.views).probs.argmax(1),
+            candidate.predict(gate.views).probs.argmax(1),
+        )
         promote, report.reason = decide(report.candidate, report.current, cfg.promote_tolerance)
         report.status = "promoted" if promote else "rejected"
     else:

@@ -28,7 +28,9 @@ from acquisition.stochastic import SAMPLINGS
 from batch_jobs.active_step import QueryConfig, fold_in
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from batch_jobs.policy import propose_in_memory
+from batch_jobs.self_training import SelfTrainConfig, with_pseudo_labels
 from batch_jobs.sim_report import summarise, write_outputs
+from batch_jobs.stopping import stability
 from model.classifier import Classifier
 from model.evaluation import evaluate_model, rare_classes
 from model.training import LabeledViews, TrainConfig
@@ -44,7 +46,8 @@ class StrategySpec:
 
     Stages: `kmeans`|`kcenter` (diversity), `balance`, `power`|`softmax` (sampling, at
     `SimConfig.temperature`), `typical` (typicality cold start below `cold_start_labels`),
-    `control` (a `random_share` of each query drawn at random)."""
+    `control` (a `random_share` of each query drawn at random), `self` (self-training in
+    the fold-in, `batch_jobs.self_training`)."""
 
     label: str
     strategy: str
@@ -53,6 +56,7 @@ class StrategySpec:
     sampling: str = "top"
     cold_start: bool = False
     control: bool = False
+    self_train: bool = False
 
     @classmethod
     def parse(cls, text: str, diversity: str | None = None, balance: bool = False) -> StrategySpec:
@@ -60,7 +64,7 @@ class StrategySpec:
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in STRATEGIES:
             raise InvalidInputError(f"unknown strategy in {text!r}; known {sorted(STRATEGIES)}")
-        div, bal, samp, cold, ctrl = diversity, balance, "top", False, False
+        div, bal, samp, cold, ctrl, selft = diversity, balance, "top", False, False, False
         for extra in parts[1:]:
             if extra in DIVERSITY:
                 div = extra
@@ -70,14 +74,16 @@ class StrategySpec:
                 samp = extra
             elif extra in ("typical", "control"):
                 cold, ctrl = cold or extra == "typical", ctrl or extra == "control"
+            elif extra == "self":
+                selft = True
             else:
                 raise InvalidInputError(f"unknown stage {extra!r} in {text!r}", "strategies")
         label = "+".join(
             [parts[0], *([samp] if samp != "top" else []), *([div] if div else []),
              *(["balance"] if bal else []), *(["typical"] if cold else []),
-             *(["control"] if ctrl else [])]
+             *(["control"] if ctrl else []), *(["self"] if selft else [])]
         )  # fmt: skip
-        return cls(label, parts[0], div, bal, samp, cold, ctrl)
+        return cls(label, parts[0], div, bal, samp, cold, ctrl, selft)
 
     def query(self, cfg: SimConfig) -> QueryConfig:
         """The QueryConfig of this curve under the run's settings."""
@@ -110,6 +116,8 @@ class SimConfig:
     cold_start_labels: int = 1000  # +typical: typicality queries while fewer labels exist
     cold_start_sample: int = 20_000
     random_share: float = 0.1  # +control: this share of each query is drawn at random
+    self_training: SelfTrainConfig = field(default_factory=lambda: SelfTrainConfig(True))
+    stability_rows: int = 5000  # unlabeled pool rows the stopping signal compares on
     candidate_factor: int = 10
     mc_samples: int = 20
     rare_fraction: float = 1 / 3  # rare classes: this fraction of classes with fewest train rows
@@ -129,6 +137,8 @@ class Curve:
     rare_f1: list[float] = field(default_factory=list)
     seconds: dict[str, list[float]] = field(default_factory=dict)
     self_labelled: dict[str, float] | None = None  # after the last step, see `self_label`
+    stability: list[float] = field(default_factory=list)  # per step: predictions unchanged
+    pseudo: list[dict] = field(default_factory=list)  # per step with +self: counts, precision
 
     def add_time(self, part: str, secs: float) -> None:
         self.seconds.setdefault(part, []).append(secs)
@@ -197,6 +207,9 @@ def run_strategy(
     labeled = np.zeros(len(split.pool), bool)
     labeled[start[0]] = True
     clf, curve = start[1], Curve()
+    probe = np.random.default_rng([seed, 3]).permutation(len(split.pool))[: cfg.stability_rows]
+    probe_views = split.pool.views.take(np.sort(probe))
+    before = clf.predict(probe_views).probs.argmax(1)  # (p,)
     _record(curve, clf, split, int(labeled.sum()))
     for step in range(1, cfg.steps + 1):
         if (~labeled).sum() < cfg.query_size:
@@ -206,8 +219,13 @@ def run_strategy(
         t0 = time.perf_counter()
         parent = clf if cfg.retrain == "finetune" else None  # None: fold_in trains from scratch
         grown = split.pool.take(np.flatnonzero(labeled))
+        if spec.self_train:
+            grown = _with_pseudo(curve, clf, grown, split, labeled, cfg)
         clf = fold_in(parent, grown, split.stop, split.classes, train_cfg)
         curve.add_time("training", time.perf_counter() - t0)
+        after = clf.predict(probe_views).probs.argmax(1)  # (p,) label-free stopping signal
+        curve.stability.append(stability(before, after))
+        before = after
         curve.add_time("scoring", proposed.timings["scoring"])
         curve.add_time("selection", proposed.timings["selection"])
         if step % cfg.eval_every == 0:
@@ -219,6 +237,24 @@ def run_strategy(
     if cfg.self_label is not None:
         curve.self_labelled = self_label(clf, split, labeled, cfg.self_label, train_cfg)
     return curve
+
+
+def _with_pseudo(
+    curve: Curve,
+    clf: Classifier,
+    grown: LabeledViews,
+    split: Split,
+    labeled: np.ndarray,
+    cfg: SimConfig,
+) -> LabeledViews:
+    """Self-training (the nightly's implementation): pseudo-labels of unlabeled pool rows;
+    their true precision is recorded (the simulator knows the answers)."""
+    rest = np.flatnonzero(~labeled)
+    grown, pseudo = with_pseudo_labels(
+        clf, grown, split.pool.views.take(rest), split.stop, cfg.self_training
+    )
+    curve.pseudo.append(pseudo.report(split.pool.labels[rest[pseudo.rows]]))
+    return grown
 
 
 def self_label(
