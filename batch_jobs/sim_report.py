@@ -335,12 +335,35 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def merge(raws: list[dict]) -> dict:
+    """One raw document from runs of other seeds (`--first-seed`) under the same protocol."""
+    first = raws[0]
+    strip = ("seeds", "first_seed")
+    for r in raws[1:]:
+        if {k: v for k, v in r["config"].items() if k not in strip} != {
+            k: v for k, v in first["config"].items() if k not in strip
+        }:
+            raise SystemExit("runs differ in more than their seeds: not merged")
+    merged = {"config": dict(first["config"]), "full": [], "curves": {}}
+    for r in raws:
+        merged["full"] += r["full"]
+        for name, runs in r["curves"].items():
+            merged["curves"].setdefault(name, []).extend(runs)
+    merged["config"]["seeds"] = len(merged["full"])
+    return merged
+
+
 def main(argv: list[str]) -> None:
-    """`python -m batch_jobs.sim_report DIR`: rebuild the report from DIR/raw.json."""
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m batch_jobs.sim_report DIR")
+    """`python -m batch_jobs.sim_report DIR [RUN_DIR ...]`: rebuild the report in DIR from
+    DIR/raw.json, or from the raw.json of each RUN_DIR merged (seed-split runs)."""
+    if not argv:
+        raise SystemExit("usage: python -m batch_jobs.sim_report DIR [RUN_DIR ...]")
     out = Path(argv[0])
-    raw = json.loads((out / "raw.json").read_text())
+    sources = [Path(a) for a in argv[1:]] or [out]
+    raw = merge([json.loads((d / "raw.json").read_text()) for d in sources])
+    if argv[1:]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "raw.json").write_text(json.dumps(raw))
     print(write_outputs(summarise(raw, None), out))
 
 

@@ -107,6 +107,7 @@ class SimConfig:
     query_size: int = 20
     steps: int = 200
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed .. first_seed+seeds-1 (split runs over processes)
     pool_limit: int = 100_000
     eval_every: int = 1
     stop_on: str = "val"  # early stopping on the val split, the test split (published), or none
@@ -342,7 +343,7 @@ def simulate(
     raw: dict = {"config": asdict(cfg), "full": [], "curves": {s.label: [] for s in cfg.strategies}}
     total = cfg.seeds * (2 + len(cfg.strategies) * cfg.steps)  # + full reference, initial model
     with tqdm(total=total, desc="simulate", disable=not show_progress) as bar:
-        for seed in range(cfg.seeds):
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             split = make_split(ds, cfg, seed)
             bar.set_postfix(seed=seed, phase="full-data reference")
             raw["full"].append(_cached_full(ds, split, cfg, seed, cache))
@@ -421,6 +422,7 @@ SIM_FLAGS: tuple[str, ...] = (
     "query_size",
     "steps",
     "seeds",
+    "first_seed",
     "pool_limit",
     "eval_every",
     "stop_on",
@@ -447,6 +449,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="val: measure on half the val split (the other half stops): for choosing defaults",
     )
     p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument(
+        "--first-seed", type=int, help="first seed (default 0); merge runs with sim_report"
+    )
     for name in ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "d"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
     for name in ("candidate_factor", "mc_samples", "base_batch", "epochs", "patience"):

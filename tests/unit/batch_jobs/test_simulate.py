@@ -164,3 +164,20 @@ def test_degenerate_strategies_are_refused(data_dir: Path, tmp_path: Path) -> No
     cfg = simulate.SimConfig("x", (simulate.StrategySpec.parse("kl_committee"),))
     assert "cannot disagree" in (simulate.degenerate(cfg.strategies[0], cfg, one_view) or "")
     assert simulate.degenerate(cfg.strategies[0], cfg, ds) is None
+
+
+def test_seed_split_runs_merge_into_one_report(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batch_jobs import sim_report
+
+    _run(data_dir, tmp_path / "s0", "--strategies", "random")
+    _run(data_dir, tmp_path / "s1", "--strategies", "random", "--first-seed", "1")
+    _run(data_dir, tmp_path / "other", "--strategies", "random", "--query-size", "5")
+    sim_report.main([str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1")])
+    assert "seeds present 2" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    per_seed = merged["strategies"]["random"]["per_seed"]
+    assert merged["strategies"]["random"]["seeds"] == 2 and per_seed[0] != per_seed[1]
+    with pytest.raises(SystemExit, match="differ"):
+        sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "other")])
