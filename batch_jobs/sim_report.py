@@ -336,20 +336,29 @@ def _json_default(obj: object) -> object:
 
 
 def merge(raws: list[dict]) -> dict:
-    """One raw document from runs of other seeds (`--first-seed`) under the same protocol."""
+    """One raw document from runs under the same protocol that differ only in their seeds
+    (`--first-seed`) or strategies; full-data references are kept once per seed."""
     first = raws[0]
-    strip = ("seeds", "first_seed")
+    strip = ("seeds", "first_seed", "strategies")
     for r in raws[1:]:
         if {k: v for k, v in r["config"].items() if k not in strip} != {
             k: v for k, v in first["config"].items() if k not in strip
         }:
             raise SystemExit("runs differ in more than their seeds: not merged")
-    merged = {"config": dict(first["config"]), "full": [], "curves": {}}
-    for r in raws:
-        merged["full"] += r["full"]
+    merged: dict = {"config": dict(first["config"]), "full": [], "curves": {}}
+    seen: set = set()
+    for i, r in enumerate(raws):
+        for k, f in enumerate(r["full"]):
+            seed = f.get("seed", (i, k))
+            if seed not in seen:
+                seen.add(seed)
+                merged["full"].append(f)
         for name, runs in r["curves"].items():
             merged["curves"].setdefault(name, []).extend(runs)
     merged["config"]["seeds"] = len(merged["full"])
+    merged["config"]["strategies"] = [
+        s for r in raws for s in r["config"]["strategies"] if s["label"] in merged["curves"]
+    ]
     return merged
 
 

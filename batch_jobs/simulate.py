@@ -304,6 +304,7 @@ def full_reference(split: Split, cfg: SimConfig, seed: int) -> dict[str, float]:
     acc, f1, rare = evaluate(clf, split.test, split.rare)
     secs = time.perf_counter() - t0
     return {
+        "seed": seed,
         "labels": len(split.pool),
         "accuracy": acc,
         "macro_f1": f1,

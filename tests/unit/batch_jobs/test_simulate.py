@@ -174,10 +174,15 @@ def test_seed_split_runs_merge_into_one_report(
     _run(data_dir, tmp_path / "s0", "--strategies", "random")
     _run(data_dir, tmp_path / "s1", "--strategies", "random", "--first-seed", "1")
     _run(data_dir, tmp_path / "other", "--strategies", "random", "--query-size", "5")
-    sim_report.main([str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1")])
-    assert "seeds present 2" in capsys.readouterr().out
+    _run(data_dir, tmp_path / "margin", "--strategies", "margin", "--first-seed", "1")
+    sim_report.main(
+        [str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1"), str(tmp_path / "margin")]
+    )
+    assert "seeds present 1/2" in capsys.readouterr().out
     merged = json.loads((tmp_path / "m" / "results.json").read_text())
     per_seed = merged["strategies"]["random"]["per_seed"]
     assert merged["strategies"]["random"]["seeds"] == 2 and per_seed[0] != per_seed[1]
+    assert merged["strategies"]["margin"]["seeds"] == 1
+    assert [f["seed"] for f in merged["full"]["per_seed"]] == [0, 1]  # once per seed
     with pytest.raises(SystemExit, match="differ"):
         sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "other")])
