@@ -68,3 +68,16 @@ def test_the_batch_cli_reads_the_servers_jobs_table(tmp_path, monkeypatch):
         parse_args(["--config", str(cfg_file), "--home", "/h", "nightly", "--engine", "ray"])
     )
     assert paths.home == Path("/h") and cfg.engine.engine == "ray" and cfg.engine.workers == 2
+
+
+def test_query_policy_and_self_training_keys_build_from_plain_data() -> None:
+    cfg = JobConfig.from_dict(
+        {
+            "query": {"strategy": "margin_committee", "sampling": "power", "random_share": 0.1},
+            "self_training": {"enabled": True, "thresholds": [0.9, 0.95]},
+        }
+    )
+    assert cfg.query.sampling == "power" and cfg.query.random_share == 0.1
+    assert cfg.self_training.enabled and cfg.self_training.thresholds == (0.9, 0.95)
+    with pytest.raises(InvalidInputError, match="jobs.self_training"):
+        JobConfig.from_dict({"self_training": {"treshold": 0.9}})
