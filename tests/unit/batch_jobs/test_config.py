@@ -79,5 +79,5 @@ def test_query_policy_and_self_training_keys_build_from_plain_data() -> None:
     )
     assert cfg.query.sampling == "power" and cfg.query.random_share == 0.1
     assert cfg.self_training.enabled and cfg.self_training.thresholds == (0.9, 0.95)
-    with pytest.raises(InvalidInputError, match="jobs.self_training"):
+    with pytest.raises(InvalidInputError, match="treshold"):
         JobConfig.from_dict({"self_training": {"treshold": 0.9}})
