@@ -52,6 +52,7 @@ def main() -> None:
     p.add_argument("--labeled", type=int, default=4500)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--out", type=Path, default=Path("bench/results/sim_step.json"))
+    p.add_argument("--only", help="comma list of policy names to time (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
     npz = dict(np.load(DATA))
@@ -69,7 +70,10 @@ def main() -> None:
     few = np.zeros(args.pool, bool)
     few[np.flatnonzero(labeled)[:500]] = True  # the cold start runs while labels are few
     results = {}
-    for name, cfg in [*POLICIES.items(), COLD]:
+    todo = [*POLICIES.items(), COLD]
+    if args.only:
+        todo = [(n, c) for n, c in todo if n in args.only.split(",")]
+    for name, cfg in todo:
         times, cpu = [], []
         for r in range(args.repeats):
             mask = few if cfg.cold_start_labels else labeled
