@@ -21,14 +21,18 @@ def normalise(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(norm, np.float32(1e-12))
 
 
-def kmeans_labels(x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20) -> np.ndarray:
-    """FAISS k-means into `k` clusters, seeded from `rng`. `(m, F)` → labels `(m,)` int64."""
+def kmeans_labels(
+    x: np.ndarray, k: int, rng: np.random.Generator, niter: int = 20, nredo: int = 1
+) -> np.ndarray:
+    """FAISS k-means into `k` clusters, seeded from `rng` (best of `nredo` restarts).
+    `(m, F)` → labels `(m,)` int64."""
     if k == 1:
         return np.zeros(x.shape[0], np.int64)
     km = faiss.Kmeans(
         x.shape[1],
         k,
         niter=niter,
+        nredo=nredo,
         seed=int(rng.integers(2**31 - 1)),
         gpu=faiss.get_num_gpus() > 0,
         min_points_per_centroid=1,  # q clusters of ~candidate_factor points each is intended

@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from acquisition import committee
 from postclf_errors import InvalidInputError
 
 _EPS = np.float64(1e-12)  # log(0) guard: 0·log(0) is taken as 0
@@ -82,11 +83,16 @@ def bald(mc: np.ndarray, rng: np.random.Generator, chunk: int = 65536) -> np.nda
 
 @dataclass(frozen=True)
 class Strategy:
-    """A named score; `needs_mc` says whether `score` takes MC samples `(n, T, C)`."""
+    """A named score. Its input: probabilities `(n, C)`, MC samples `(n, T, C)` when
+    `needs_mc`, or every head's probabilities `(n, K, C)` when `needs_heads`
+    (`acquisition.committee`). `floor` is the lowest score possible (power sampling raises
+    `score - floor` to a power, `acquisition.stochastic`)."""
 
     name: str
     needs_mc: bool
     score: Callable[[np.ndarray, np.random.Generator], np.ndarray]
+    needs_heads: bool = False
+    floor: float = 0.0
 
 
 STRATEGIES: dict[str, Strategy] = {
@@ -94,8 +100,14 @@ STRATEGIES: dict[str, Strategy] = {
     for s in (
         Strategy("random", False, random_score),
         Strategy("least_confidence", False, least_confidence),
-        Strategy("margin", False, margin),
+        Strategy("margin", False, margin, floor=-1.0),
         Strategy("entropy", False, entropy),
         Strategy("bald", True, bald),
+        Strategy("vote_entropy", False, committee.vote_entropy, needs_heads=True),
+        Strategy("kl_committee", False, committee.kl_to_consensus, needs_heads=True),
+        Strategy("fused_conflict", False, committee.fused_conflict, needs_heads=True),
+        Strategy(
+            "margin_committee", False, committee.margin_committee, needs_heads=True, floor=-1.0
+        ),
     )
 }

@@ -8,6 +8,8 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
+from acquisition.stochastic import check_sampling
+from batch_jobs.self_training import SelfTrainConfig
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
@@ -19,12 +21,28 @@ AGGREGATIONS = ("auto", "ds", "mv")
 class QueryConfig:
     """How a query is chosen."""
 
-    strategy: str = "margin"  # random | least_confidence | margin | entropy | bald
+    strategy: str = "margin"  # a name in acquisition.scores.STRATEGIES
     query_size: int = 20
     candidate_factor: int = 10  # diversity/balance pick from the top factor·q by score
     diversity: str | None = None  # None | "kmeans" | "kcenter"
     balance: bool = False  # cap each predicted class at its share of the query
     mc_samples: int = 20  # T for MC-Dropout strategies (bald)
+    sampling: str = "top"  # top | power | softmax (acquisition.stochastic)
+    temperature: float = 1.0  # sampling temperature T (weights score^(1/T) or exp(score/T))
+    cold_start_labels: int = 0  # below this many labels: typicality cold start (0 = never)
+    cold_start_sample: int = 20_000  # uniform sample of eligible posts the cold start clusters
+    random_share: float = 0.0  # share of each query drawn uniformly at random (a control)
+
+    def __post_init__(self) -> None:
+        check_sampling(self.sampling, self.temperature)
+        if self.query_size < 1:
+            raise InvalidInputError(f"must be >= 1, got {self.query_size}", "query_size")
+        if self.cold_start_labels < 0:
+            raise InvalidInputError("must be >= 0", "cold_start_labels")
+        if self.cold_start_sample < self.query_size:
+            raise InvalidInputError("must be >= query_size", "cold_start_sample")
+        if not 0.0 <= self.random_share <= 1.0:
+            raise InvalidInputError(f"must be in [0, 1], got {self.random_share}", "random_share")
 
 
 @dataclass(frozen=True)
@@ -127,6 +145,8 @@ class JobConfig:
     score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
     crowd: CrowdConfig = field(default_factory=CrowdConfig)  # overlap, controls, aggregation
+    # Self-training in the retrain's fine-tune (off by default; batch_jobs.self_training).
+    self_training: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def __post_init__(self) -> None:
         if self.min_new_labels < 0:
@@ -146,11 +166,17 @@ class JobConfig:
     def from_dict(cls, data: dict[str, Any]) -> JobConfig:
         """Build from plain data (a config file section); `query`/`train` are nested dicts."""
         kwargs = dict(data)
+        if isinstance(kwargs.get("self_training"), dict):
+            st = dict(kwargs["self_training"])
+            if "thresholds" in st:  # a TOML array arrives as a list
+                st["thresholds"] = tuple(st["thresholds"])
+            kwargs["self_training"] = st
         nested = (
             ("query", QueryConfig),
             ("train", TrainConfig),
             ("engine", EngineConfig),
             ("crowd", CrowdConfig),
+            ("self_training", SelfTrainConfig),
         )
         for key, kind in nested:
             if isinstance(kwargs.get(key), dict):

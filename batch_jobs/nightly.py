@@ -22,10 +22,11 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from batch_jobs.active_step import ProposedQuery, propose
+from batch_jobs.active_step import ProposedQuery
 from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import export_query
 from batch_jobs.leases import NIGHTLY, lease_for
+from batch_jobs.policy import propose_policy
 from batch_jobs.query_plan import merge, plan_extras
 from batch_jobs.retrain import retrain
 from batch_jobs.runners import ModelRef
@@ -157,8 +158,10 @@ def _run(
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
-            proposed = propose(clf, model, source, extras.query(cfg.query), cfg.engine, seed,
-                               progress)  # fmt: skip
+            proposed = propose_policy(
+                clf, model, source, extras.query(cfg.query), cfg.engine, seed, progress,
+                labeled_count=ledger.count_labels_since(0),
+            )  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):
             report.status = "no_eligible"

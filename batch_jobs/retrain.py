@@ -21,13 +21,16 @@ from batch_jobs.aggregation import aggregate_rows
 from batch_jobs.config import CrowdConfig, JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
+from batch_jobs.self_training import pool_sample, with_pseudo_labels
+from batch_jobs.stopping import stability
 from batch_jobs.stores import Stores, job_stores
 from model.classifier import Classifier
+from model.evaluation import evaluate_model
 from model.registry import ModelRegistry
-from model.training import LabeledViews, macro_f1
+from model.training import LabeledViews
 from store.lease import Lease
 from store.ledger import Ledger
-from store.pool import Pool
+from store.pool import Pool, id_hashes
 
 log = logging.getLogger(__name__)
 LOCK = RETRAIN
@@ -59,6 +62,10 @@ class RetrainReport:
     candidate: dict[str, float] | None = None  # gate metrics
     aggregation: dict[str, Any] = field(default_factory=dict)  # labels per method, exclusions
     current: dict[str, float] | None = None
+    # Self-training (jobs.self_training): pseudo-labels added, threshold, its gate precision.
+    self_training: dict[str, Any] | None = None
+    # Stopping signal: share of gate posts the candidate predicts as the current model does.
+    stability: float | None = None
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
@@ -103,14 +110,9 @@ def resolve_crowd(
 
 
 def evaluate(clf: Classifier, data: LabeledViews) -> dict[str, float]:
-    """Accuracy and macro-F1 of the served predictions on `data`."""
-    pred = clf.predict(data.views).probs.argmax(1)
-    f1 = macro_f1(pred, data.labels, len(clf.classes))
-    return {
-        "accuracy": float((pred == data.labels).mean()),
-        "macro_f1": float(np.nanmean(f1)) if np.isfinite(f1).any() else 0.0,
-        "n": len(data),
-    }
+    """Accuracy and macro-F1 of the served predictions on `data` (`model.evaluation`)."""
+    m = evaluate_model(clf, data)
+    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1, "n": m.n}
 
 
 def gather(
@@ -187,8 +189,32 @@ def _retrain_locked(
     if len(train) == 0:
         report.reason = "every labeled post is a holdout post: nothing to train on"
         return report
+    if cfg.self_training.enabled:
+        train = _self_train(cfg, stores, current, train, gate, report)
     report.seconds["load"] = time.perf_counter() - t0
     return _train_and_gate(cfg, ledger, lease, registry, current, train, gate, seq, report)
+
+
+def _self_train(
+    cfg: JobConfig,
+    stores: Stores,
+    current: Classifier,
+    train: LabeledViews,
+    gate: LabeledViews,
+    report: RetrainReport,
+) -> LabeledViews:
+    """Confident pseudo-labels of a uniform sample of unlabeled, unqueried, non-holdout pool
+    posts join the fine-tune; the threshold is chosen on the gate set."""
+    excluded = np.unique(id_hashes(stores.ledger.excluded_post_ids()))
+    sample = pool_sample(
+        stores.pool, excluded, cfg.holdout_fraction,
+        cfg.self_training.max_pool, cfg.engine.chunk_rows,
+    )  # fmt: skip
+    grown, pseudo = with_pseudo_labels(
+        current, train, sample, gate if len(gate) else None, cfg.self_training
+    )
+    report.self_training = pseudo.report() | {"candidates": 0 if sample is None else len(sample)}
+    return grown
 
 
 def _train_and_gate(
@@ -209,6 +235,10 @@ def _train_and_gate(
     report.seconds["train"] = t1 - t0
     if len(gate):
         report.candidate, report.current = evaluate(candidate, gate), evaluate(current, gate)
+        report.stability = stability(
+            current.predict(gate.views).probs.argmax(1),
+            candidate.predict(gate.views).probs.argmax(1),
+        )
         promote, report.reason = decide(report.candidate, report.current, cfg.promote_tolerance)
         report.status = "promoted" if promote else "rejected"
     else:

@@ -22,6 +22,7 @@ from typing import Protocol
 import numpy as np
 
 from acquisition.scores import STRATEGIES
+from acquisition.stochastic import perturb
 from batch_jobs.config import QueryConfig
 from model.classifier import Classifier
 from model.data import Views
@@ -148,11 +149,14 @@ def score_views(
     """`(scores (n,), probs (n, C), features (n, F))`; F = 0 without diversity."""
     strategy = STRATEGIES[cfg.strategy]
     need_features = cfg.diversity is not None
-    pred = clf.predict(views, with_features=need_features)
+    pred = clf.predict(views, with_features=need_features, with_heads=strategy.needs_heads)
     if strategy.needs_mc:
         scores = strategy.score(clf.predict_mc(views, cfg.mc_samples, score_rng), score_rng)
+    elif strategy.needs_heads:
+        scores = strategy.score(pred.head_probs, score_rng)  # type: ignore[arg-type]
     else:
         scores = strategy.score(pred.probs, score_rng)
+    scores = perturb(scores, strategy.floor, cfg.sampling, cfg.temperature, score_rng)
     feats = pred.features if pred.features is not None else np.empty((len(views), 0), np.float32)
     return scores, pred.probs, feats
 

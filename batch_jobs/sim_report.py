@@ -9,6 +9,8 @@ from typing import Any
 
 import numpy as np
 
+from batch_jobs.stopping import gain_per_1k, stop_suggested
+
 TARGETS = (0.95, 0.98)  # fractions of the full-data accuracy
 TIME_PARTS = ("training", "scoring", "selection", "evaluation")
 # The published MNIST experiment (see ../shared/data/README.md), accuracy in %.
@@ -64,6 +66,26 @@ def _strategy_summary(runs: list[dict], full_acc: float) -> dict[str, Any]:
         for part in TIME_PARTS
         if any(r["seconds"].get(part) for r in runs)
     }
+    out["seeds"] = len(runs)
+    stab = [r.get("stability") or [] for r in runs]
+    if all(stab):
+        mean_stab, _ = _mean_std(stab)
+        out["stability"] = mean_stab.tolist()  # per step, predictions unchanged (label-free)
+        at = stop_suggested(out["stability"])
+        out["stop_suggested_labels"] = (
+            int(labels[min(at + 1, len(labels) - 1)]) if at is not None else None
+        )
+    out["gain_per_1k_final"] = gain_per_1k(labels, acc)
+    pseudo = [p for r in runs for p in r.get("pseudo") or []]
+    if pseudo:
+        prec = [p["precision"] for p in pseudo if p.get("precision") is not None]
+        out["pseudo_labels"] = {
+            "per_step_mean": float(np.mean([p["pseudo_labels"] for p in pseudo])),
+            "precision_mean": float(np.mean(prec)) if prec else None,
+            "threshold_mean": float(
+                np.mean([p["threshold"] for p in pseudo if p["threshold"]] or [np.nan])
+            ),
+        }
     selfl = [r["self_labelled"] for r in runs if r.get("self_labelled")]
     if selfl:
         out["self_labelled"] = {
@@ -102,6 +124,8 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
         s["labels_to_random_final"] = (
             labels_to_reach(np.array(s["labels"]), acc, rand_final) if rand_final else None
         )
+        if rand:
+            s["steps_below_random_band"] = _below_band(s, rand)
     return {
         "config": raw["config"],
         "wall_seconds": seconds,
@@ -118,14 +142,56 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
     }
 
 
+def _below_band(s: dict, rand: dict) -> int:
+    """Evaluated steps where the mean accuracy is below random's mean - std at equal labels."""
+    k = min(len(s["labels"]), len(rand["labels"]))
+    if s["labels"][:k] != rand["labels"][:k]:
+        return -1  # different label grids: not comparable step by step
+    low = np.array(rand["accuracy"]["mean"][:k]) - np.array(rand["accuracy"]["std"][:k])
+    return int((np.array(s["accuracy"]["mean"][:k]) < low - 1e-12).sum())
+
+
+def compact_table(results: dict) -> str:
+    """Strategies sorted by labels needed to reach random's final accuracy (fewest first),
+    with the saving against random's budget as a number."""
+    strategies, rand = results["strategies"], results["strategies"].get("random")
+    budget = rand["final"]["labels"] if rand else None
+
+    def order(item: tuple[str, dict]) -> tuple[float, float]:
+        lt = item[1].get("labels_to_random_final")
+        return (lt if lt is not None else float("inf"), -item[1]["final"]["accuracy_mean"])
+
+    cols = ["strategy", "seeds", "to rnd final", "saving %", "final acc %", "rare F1 %"]
+    cols += ["to 95%", "to 98%", "below rnd band", "stop at", "gain/1k"]
+    rows = []
+    for name, s in sorted(strategies.items(), key=order):
+        lt, f = s.get("labels_to_random_final"), s["final"]
+        saving = f"{100 * (budget - lt) / budget:.0f}" if lt is not None and budget else "—"
+        gain = s.get("gain_per_1k_final")
+        rows.append([
+            name, str(s["seeds"]), str(lt) if lt is not None else "never", saving,
+            f"{100 * f['accuracy_mean']:.2f} ± {100 * f['accuracy_std']:.2f}",
+            f"{100 * f['rare_f1_mean']:.2f}",
+            *(str(s["labels_to"][k] or "never") for k in ("0.95", "0.98")),
+            str(s.get("steps_below_random_band", "—")),
+            str(s.get("stop_suggested_labels") or "—"),
+            f"{100 * gain:+.2f} pt" if gain is not None else "—",
+        ])  # fmt: skip
+    return _format(cols, rows)
+
+
 def summary_table(results: dict) -> str:
     """Per strategy: final accuracy, AUC, labels to 95/98% of full, savings vs random, rare F1."""
     full = results["full"]
     strategies = results["strategies"]
     rand = strategies.get("random")
     cfg = results["config"]
+    present = sorted({s["seeds"] for s in strategies.values()} | {len(full["per_seed"])})
+    seeds = "/".join(map(str, present)) + (
+        f" of {cfg['seeds']}" if present != [cfg["seeds"]] else ""
+    )
     head = (
-        f"dataset {cfg['dataset']}  seeds {cfg['seeds']}  initial {cfg['initial']}  "
+        f"dataset {cfg['dataset']}  seeds present {seeds}  initial {cfg['initial']}  "
         f"query {cfg['query_size']} × {cfg['steps']} steps  model {cfg['train']['family']}  "
         f"early stopping on: {cfg['stop_on']}\n"
         f"full data ({full['labels']} labels): accuracy {100 * full['accuracy_mean']:.2f} "
@@ -193,8 +259,8 @@ def published_table(results: dict) -> str:
             rows.append([f"{extra} 400", ours(extra), "—"])
     note = (
         "Early stopping on the TEST split (as published): optimistic for every row alike. "
-        "bald: softmax regression has no dropout, so every MC sample agrees and BALD is 0 up "
-        "to float round-off (≤ 1e-15): its ranking is round-off noise, not BALD.\n"
+        "bald is refused for this model: softmax regression has no dropout, so BALD is 0 up "
+        "to round-off and its ranking would be noise.\n"
     )
     return (
         _format(["seed-mnist (accuracy %)", "ours, mean ± std over seeds", "published"], rows)
@@ -213,13 +279,14 @@ def _format(cols: list[str], rows: list[list[str]]) -> str:
 
 
 def plot(results: dict, path: Path) -> None:
-    """Accuracy and rare-class macro-F1 vs labels: mean ± std band, full data dashed."""
+    """Accuracy and rare-class macro-F1 vs labels: mean ± std bands, the full-data line and
+    the 95%/98%-of-full targets labelled, one legend, a short title naming the seeds present."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    fig, axes = plt.subplots(1, 2, figsize=(13, 5))
+    fig, axes = plt.subplots(1, 2, figsize=(13, 5.4))
     full = results["full"]
     for ax, metric, title in (
         (axes[0], "accuracy", "test accuracy"),
@@ -228,20 +295,22 @@ def plot(results: dict, path: Path) -> None:
         for name, s in results["strategies"].items():
             x = np.array(s["labels"])
             m, sd = np.array(s[metric]["mean"]), np.array(s[metric]["std"])
-            (ln,) = ax.plot(x, m, label=name)
+            (ln,) = ax.plot(x, m, label=f"{name} ({s['seeds']} seeds)")
             ax.fill_between(x, m - sd, m + sd, color=ln.get_color(), alpha=0.15)
-        ax.axhline(
-            full[f"{metric}_mean"], ls="--", color="k", label=f"full data ({full['labels']})"
-        )
+        ref = full[f"{metric}_mean"]
+        ax.axhline(ref, ls="--", color="k", label=f"full data ({full['labels']} labels)")
+        if metric == "accuracy":
+            for t, ls in zip(TARGETS, (":", "-."), strict=True):
+                ax.axhline(t * ref, ls=ls, color="0.5", lw=1, label=f"{100 * t:.0f}% of full")
         ax.set_xlabel("labels")
         ax.set_ylabel(title)
         ax.grid(alpha=0.3)
-    axes[0].legend(fontsize=8)
+    handles, labels = axes[0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=min(4, len(labels)), fontsize=8)
     cfg = results["config"]
-    fig.suptitle(
-        f"{cfg['dataset']}: {cfg['seeds']} seeds, mean ± std; stopping on {cfg['stop_on']}"
-    )
-    fig.tight_layout()
+    seeds = sorted({s["seeds"] for s in results["strategies"].values()})
+    fig.suptitle(f"{cfg['dataset']}: mean ± std over {'/'.join(map(str, seeds))} seeds")
+    fig.tight_layout(rect=(0, 0.06 + 0.03 * (len(labels) // 4), 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
@@ -251,7 +320,7 @@ def write_outputs(results: dict, out: Path) -> str:
     out.mkdir(parents=True, exist_ok=True)
     (out / "results.json").write_text(json.dumps(results, indent=1, default=_json_default))
     plot(results, out / "curves.png")
-    text = summary_table(results)
+    text = summary_table(results) + "\n" + compact_table(results)
     if results["config"].get("preset") == "seed-mnist":
         text += "\n" + published_table(results)
     (out / "summary.txt").write_text(text)
@@ -266,12 +335,44 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
+def merge(raws: list[dict]) -> dict:
+    """One raw document from runs under the same protocol that differ only in their seeds
+    (`--first-seed`) or strategies; full-data references are kept once per seed."""
+    first = raws[0]
+    strip = ("seeds", "first_seed", "strategies")
+    for r in raws[1:]:
+        if {k: v for k, v in r["config"].items() if k not in strip} != {
+            k: v for k, v in first["config"].items() if k not in strip
+        }:
+            raise SystemExit("runs differ in more than their seeds: not merged")
+    merged: dict = {"config": dict(first["config"]), "full": [], "curves": {}}
+    seen: set = set()
+    for i, r in enumerate(raws):
+        for k, f in enumerate(r["full"]):
+            seed = f.get("seed", (i, k))
+            if seed not in seen:
+                seen.add(seed)
+                merged["full"].append(f)
+        for name, runs in r["curves"].items():
+            merged["curves"].setdefault(name, []).extend(runs)
+    merged["config"]["seeds"] = len(merged["full"])
+    merged["config"]["strategies"] = [
+        s for r in raws for s in r["config"]["strategies"] if s["label"] in merged["curves"]
+    ]
+    return merged
+
+
 def main(argv: list[str]) -> None:
-    """`python -m batch_jobs.sim_report DIR`: rebuild the report from DIR/raw.json."""
-    if len(argv) != 1:
-        raise SystemExit("usage: python -m batch_jobs.sim_report DIR")
+    """`python -m batch_jobs.sim_report DIR [RUN_DIR ...]`: rebuild the report in DIR from
+    DIR/raw.json, or from the raw.json of each RUN_DIR merged (seed-split runs)."""
+    if not argv:
+        raise SystemExit("usage: python -m batch_jobs.sim_report DIR [RUN_DIR ...]")
     out = Path(argv[0])
-    raw = json.loads((out / "raw.json").read_text())
+    sources = [Path(a) for a in argv[1:]] or [out]
+    raw = merge([json.loads((d / "raw.json").read_text()) for d in sources])
+    if argv[1:]:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "raw.json").write_text(json.dumps(raw))
     print(write_outputs(summarise(raw, None), out))
 
 

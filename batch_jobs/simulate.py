@@ -1,9 +1,10 @@
-"""Offline simulation: replay the active-learning loop on a labeled data set (true labels answer).
+"""Offline simulation: replay the active-learning loop on a labeled data set.
 
 Per seed: a random initial labeled set from the train split, passive training, then per step
-`propose_query` over the unlabeled train rows → reveal the true labels → `fold_in` (the active
-phase) → evaluate on the test split. The same two functions the nightly job uses (no second
-loop). Also trains the full-data reference (passive on every pool label) per seed.
+the query policy (`batch_jobs.policy`) over the unlabeled train rows → reveal the true labels
+(or simulated assessors' aggregated answers, `--assessors`) → `fold_in` (the active phase) →
+evaluate on the test split. The same functions the nightly job uses (no second loop).
+Also trains the full-data reference (passive on every pool label) per seed.
 
     python -m batch_jobs.simulate --dataset reviews --strategies random,margin,margin+kmeans \\
         --initial 500 --query-size 20 --steps 25 --seeds 3 --out /tmp/sim
@@ -24,12 +25,18 @@ import torch
 from tqdm import tqdm
 
 from acquisition.scores import STRATEGIES
-from batch_jobs.active_step import QueryConfig, fold_in, propose_query
+from acquisition.stochastic import SAMPLINGS
+from batch_jobs import sim_cache
+from batch_jobs.active_step import QueryConfig, fold_in
 from batch_jobs.assessors import CrowdOracle, make_oracle
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
+from batch_jobs.policy import propose_in_memory
+from batch_jobs.self_training import SelfTrainConfig, with_pseudo_labels
 from batch_jobs.sim_report import summarise, write_outputs
+from batch_jobs.stopping import stability
 from model.classifier import Classifier
-from model.training import LabeledViews, TrainConfig, macro_f1
+from model.evaluation import evaluate_model, rare_classes
+from model.training import LabeledViews, TrainConfig
 from postclf_errors import InvalidInputError
 
 DIVERSITY = ("kmeans", "kcenter")
@@ -38,29 +45,58 @@ STOP_ON = ("val", "test", "none")
 
 @dataclass(frozen=True)
 class StrategySpec:
-    """One curve: a score plus optional stages, written `margin+kmeans+balance`."""
+    """One curve: a score plus optional stages, written `margin+power+kmeans+balance`.
+
+    Stages: `kmeans`|`kcenter` (diversity), `balance`, `power`|`softmax` (sampling, at
+    `SimConfig.temperature`), `typical` (typicality cold start below `cold_start_labels`),
+    `control` (a `random_share` of each query drawn at random), `self` (self-training in
+    the fold-in, `batch_jobs.self_training`)."""
 
     label: str
     strategy: str
     diversity: str | None = None
     balance: bool = False
+    sampling: str = "top"
+    cold_start: bool = False
+    control: bool = False
+    self_train: bool = False
 
     @classmethod
     def parse(cls, text: str, diversity: str | None = None, balance: bool = False) -> StrategySpec:
-        """`score[+kmeans|+kcenter][+balance]`; the global --diversity/--balance add stages."""
+        """`score[+stage...]`; the global --diversity/--balance add stages."""
         parts = [p.strip() for p in text.split("+") if p.strip()]
         if not parts or parts[0] not in STRATEGIES:
             raise InvalidInputError(f"unknown strategy in {text!r}; known {sorted(STRATEGIES)}")
-        div, bal = diversity, balance
+        div, bal, samp, cold, ctrl, selft = diversity, balance, "top", False, False, False
         for extra in parts[1:]:
             if extra in DIVERSITY:
                 div = extra
             elif extra == "balance":
                 bal = True
+            elif extra in SAMPLINGS[1:]:
+                samp = extra
+            elif extra in ("typical", "control"):
+                cold, ctrl = cold or extra == "typical", ctrl or extra == "control"
+            elif extra == "self":
+                selft = True
             else:
                 raise InvalidInputError(f"unknown stage {extra!r} in {text!r}", "strategies")
-        label = "+".join([parts[0], *([div] if div else []), *(["balance"] if bal else [])])
-        return cls(label, parts[0], div, bal)
+        label = "+".join(
+            [parts[0], *([samp] if samp != "top" else []), *([div] if div else []),
+             *(["balance"] if bal else []), *(["typical"] if cold else []),
+             *(["control"] if ctrl else []), *(["self"] if selft else [])]
+        )  # fmt: skip
+        return cls(label, parts[0], div, bal, samp, cold, ctrl, selft)
+
+    def query(self, cfg: SimConfig) -> QueryConfig:
+        """The QueryConfig of this curve under the run's settings."""
+        return QueryConfig(
+            self.strategy, cfg.query_size, cfg.candidate_factor, self.diversity, self.balance,
+            cfg.mc_samples, self.sampling, cfg.temperature,
+            cold_start_labels=cfg.cold_start_labels if self.cold_start else 0,
+            cold_start_sample=max(cfg.cold_start_sample, cfg.query_size),
+            random_share=cfg.random_share if self.control else 0.0,
+        )  # fmt: skip
 
 
 @dataclass(frozen=True)
@@ -73,9 +109,19 @@ class SimConfig:
     query_size: int = 20
     steps: int = 200
     seeds: int = 5
+    first_seed: int = 0  # seeds first_seed .. first_seed+seeds-1 (split runs over processes)
     pool_limit: int = 100_000
     eval_every: int = 1
     stop_on: str = "val"  # early stopping on the val split, the test split (published), or none
+    # "test": curves are measured on the test split. "val": on one half of the val split (the
+    # other half stops and calibrates), so defaults can be chosen without touching test.
+    eval_on: str = "test"
+    temperature: float = 1.0  # of +power / +softmax sampling
+    cold_start_labels: int = 1000  # +typical: typicality queries while fewer labels exist
+    cold_start_sample: int = 20_000
+    random_share: float = 0.1  # +control: this share of each query is drawn at random
+    self_training: SelfTrainConfig = field(default_factory=lambda: SelfTrainConfig(True))
+    stability_rows: int = 5000  # unlabeled pool rows the stopping signal compares on
     candidate_factor: int = 10
     mc_samples: int = 20
     rare_fraction: float = 1 / 3  # rare classes: this fraction of classes with fewest train rows
@@ -100,6 +146,8 @@ class Curve:
     label_accuracy: list[float] = field(default_factory=list)  # simulated assessors only
     seconds: dict[str, list[float]] = field(default_factory=dict)
     self_labelled: dict[str, float] | None = None  # after the last step, see `self_label`
+    stability: list[float] = field(default_factory=list)  # per step: predictions unchanged
+    pseudo: list[dict] = field(default_factory=list)  # per step with +self: counts, precision
 
     def add_time(self, part: str, secs: float) -> None:
         self.seconds.setdefault(part, []).append(secs)
@@ -126,23 +174,21 @@ def make_split(ds: Dataset, cfg: SimConfig, seed: int) -> Split:
     whole = LabeledViews(ds.views, ds.labels)
     test = whole.take(ds.rows("test"))
     val_rows = ds.rows("val")
+    if cfg.eval_on == "val":
+        if len(val_rows) < 2:
+            raise InvalidInputError("needs a val split of at least 2 rows", "eval_on")
+        val_rows = rng.permutation(val_rows)
+        half = len(val_rows) // 2
+        val_rows, test = np.sort(val_rows[:half]), whole.take(np.sort(val_rows[half:]))
     stop = {"val": whole.take(val_rows) if len(val_rows) else None, "test": test, "none": None}
-    counts = np.bincount(ds.labels[train_rows], minlength=len(ds.class_names))
-    n_rare = max(1, int(np.ceil(len(counts) * cfg.rare_fraction)))
-    rare = np.argsort(counts, kind="stable")[:n_rare]
+    rare = rare_classes(ds.labels[train_rows], len(ds.class_names), cfg.rare_fraction)
     return Split(whole.take(train_rows), stop[cfg.stop_on], test, ds.class_names, rare)
 
 
 def evaluate(clf: Classifier, test: LabeledViews, rare: np.ndarray) -> tuple[float, float, float]:
-    """(accuracy, macro-F1, macro-F1 over the rare classes) on `test`."""
-    pred = clf.predict(test.views).probs.argmax(1)
-    f1 = macro_f1(pred, test.labels, len(clf.classes))
-    with np.errstate(all="ignore"):
-        return (
-            float((pred == test.labels).mean()),
-            float(np.nanmean(f1)),
-            float(np.nanmean(f1[rare])),
-        )
+    """(accuracy, macro-F1, macro-F1 over the rare classes) on `test` (`model.evaluation`)."""
+    m = evaluate_model(clf, test, rare)
+    return m.accuracy, m.macro_f1, m.rare_f1
 
 
 def _record(
@@ -172,22 +218,18 @@ def run_strategy(
     with an `oracle`, simulated assessors answer instead of the true labels."""
     rng = np.random.default_rng([seed, zlib.crc32(spec.label.encode())])
     train_cfg = replace(cfg.train, seed=seed)
-    query = QueryConfig(
-        spec.strategy,
-        cfg.query_size,
-        cfg.candidate_factor,
-        spec.diversity,
-        spec.balance,
-        cfg.mc_samples,
-    )
+    query = spec.query(cfg)
     labeled = np.zeros(len(split.pool), bool)
     labeled[start[0]] = True
     clf, curve = start[1], Curve()
+    probe = np.random.default_rng([seed, 3]).permutation(len(split.pool))[: cfg.stability_rows]
+    probe_views = split.pool.views.take(np.sort(probe))
+    before = clf.predict(probe_views).probs.argmax(1)  # (p,)
     _record(curve, clf, split, int(labeled.sum()), oracle)
     for step in range(1, cfg.steps + 1):
         if (~labeled).sum() < cfg.query_size:
             break
-        proposed = propose_query(clf, split.pool.views, ~labeled, query, rng)
+        proposed = propose_in_memory(clf, split.pool.views, labeled, query, rng)
         labeled[proposed.indices] = True  # the assessor answers with the true labels
         t0 = time.perf_counter()
         parent = clf if cfg.retrain == "finetune" else None  # None: fold_in trains from scratch
@@ -195,8 +237,13 @@ def run_strategy(
         if oracle is not None:
             oracle.ask(proposed.indices)
             grown = oracle.grown(split.pool)
+        if spec.self_train:
+            grown = _with_pseudo(curve, clf, grown, split, labeled, cfg)
         clf = fold_in(parent, grown, split.stop, split.classes, train_cfg)
         curve.add_time("training", time.perf_counter() - t0)
+        after = clf.predict(probe_views).probs.argmax(1)  # (p,) label-free stopping signal
+        curve.stability.append(stability(before, after))
+        before = after
         curve.add_time("scoring", proposed.timings["scoring"])
         curve.add_time("selection", proposed.timings["selection"])
         if step % cfg.eval_every == 0:
@@ -208,6 +255,24 @@ def run_strategy(
     if cfg.self_label is not None:
         curve.self_labelled = self_label(clf, split, labeled, cfg.self_label, train_cfg)
     return curve
+
+
+def _with_pseudo(
+    curve: Curve,
+    clf: Classifier,
+    grown: LabeledViews,
+    split: Split,
+    labeled: np.ndarray,
+    cfg: SimConfig,
+) -> LabeledViews:
+    """Self-training (the nightly's implementation): pseudo-labels of unlabeled pool rows;
+    their true precision is recorded (the simulator knows the answers)."""
+    rest = np.flatnonzero(~labeled)
+    grown, pseudo = with_pseudo_labels(
+        clf, grown, split.pool.views.take(rest), split.stop, cfg.self_training
+    )
+    curve.pseudo.append(pseudo.report(split.pool.labels[rest[pseudo.rows]]))
+    return grown
 
 
 def self_label(
@@ -262,6 +327,7 @@ def full_reference(split: Split, cfg: SimConfig, seed: int) -> dict[str, float]:
     acc, f1, rare = evaluate(clf, split.test, split.rare)
     secs = time.perf_counter() - t0
     return {
+        "seed": seed,
         "labels": len(split.pool),
         "accuracy": acc,
         "macro_f1": f1,
@@ -270,24 +336,48 @@ def full_reference(split: Split, cfg: SimConfig, seed: int) -> dict[str, float]:
     }
 
 
+def degenerate(spec: StrategySpec, cfg: SimConfig, ds: Dataset) -> str | None:
+    """Why `spec` cannot give a real curve for this model and data (None: it can)."""
+    strategy = STRATEGIES[spec.strategy]
+    if strategy.needs_mc and (cfg.train.family != "trident" or cfg.train.dropout == 0):
+        return f"{spec.label}: the {cfg.train.family} model has no dropout, so BALD is 0 (noise)"
+    views = sum(d is not None for d in ds.views.dims.values())
+    if strategy.needs_heads and views < 2:
+        return f"{spec.label}: one view means one head, a committee that cannot disagree"
+    return None
+
+
 def simulate(
-    ds: Dataset, cfg: SimConfig, checkpoint: Path | None = None, show_progress=True
+    ds: Dataset,
+    cfg: SimConfig,
+    checkpoint: Path | None = None,
+    show_progress: bool = True,
+    cache: Path | None = None,
 ) -> dict:
     """Run every seed × strategy; returns the raw per-seed curves and the full references.
 
     With `checkpoint`, the raw results so far are rewritten there after every strategy run
-    (`python -m batch_jobs.sim_report DIR` rebuilds the report from them).
+    (`python -m batch_jobs.sim_report DIR` rebuilds the report from them). `cache`: a folder
+    for the full-data references (`batch_jobs.sim_cache`). Raises InvalidInputError naming
+    the strategies that are degenerate for this model and data.
     """
+    bad = [why for spec in cfg.strategies if (why := degenerate(spec, cfg, ds))]
+    if bad:
+        raise InvalidInputError("degenerate for this model: " + "; ".join(bad), "strategies")
     raw: dict = {"config": asdict(cfg), "full": [], "curves": {s.label: [] for s in cfg.strategies}}
-    total = cfg.seeds * len(cfg.strategies) * cfg.steps
+    total = cfg.seeds * (2 + len(cfg.strategies) * cfg.steps)  # + full reference, initial model
     with tqdm(total=total, desc="simulate", disable=not show_progress) as bar:
-        for seed in range(cfg.seeds):
+        for seed in range(cfg.first_seed, cfg.first_seed + cfg.seeds):
             split = make_split(ds, cfg, seed)
-            raw["full"].append(full_reference(split, cfg, seed))
+            bar.set_postfix(seed=seed, phase="full-data reference")
+            raw["full"].append(_cached_full(ds, split, cfg, seed, cache))
+            bar.update(1)
             oracle = make_oracle(
                 cfg.assessors, cfg.overlap, cfg.aggregate, split.pool, len(split.classes), seed
             )
+            bar.set_postfix(seed=seed, phase="initial model")
             start = initial_model(split, cfg, seed, oracle)
+            bar.update(1)
             for spec in cfg.strategies:
                 bar.set_postfix(seed=seed, strategy=spec.label)
                 crowd = oracle.copy() if oracle is not None else None
@@ -298,13 +388,30 @@ def simulate(
     return raw
 
 
+def _cached_full(
+    ds: Dataset, split: Split, cfg: SimConfig, seed: int, cache: Path | None
+) -> dict[str, float]:
+    k = sim_cache.key(ds, cfg, seed)
+    hit = sim_cache.load(cache, k)
+    if hit is not None:
+        return hit | {"cached": True}
+    full = full_reference(split, cfg, seed)
+    sim_cache.store(cache, k, full)
+    return full
+
+
 # -- command line -------------------------------------------------------------------------
 PRESETS: dict[str, dict] = {
     "seed-mnist": {
         # The published MNIST run: softmax regression, Adam lr 0.1, full batch, stopped at the
         # best TEST accuracy after 10 non-improving steps; 10 random, then 39 queries of 10.
         "dataset": "mnist_seed",
-        "strategies": "least_confidence,random,margin,entropy,bald",
+        # bald is refused here: softmax regression has no dropout (see `degenerate`).
+        "strategies": "least_confidence,random,margin,entropy",
+        # Self-labelling threshold 0.9, fixed a priori (the published text gives none and
+        # this protocol has no validation split to choose one on); pseudo-label precision is
+        # reported next to the result.
+        "self_label": 0.9,
         "initial": 10,
         "query_size": 10,
         "steps": 39,
@@ -343,11 +450,13 @@ SIM_FLAGS: tuple[str, ...] = (
     "query_size",
     "steps",
     "seeds",
+    "first_seed",
     "pool_limit",
     "eval_every",
     "stop_on",
 )
-SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain")
+SIM_FLAGS += ("candidate_factor", "mc_samples", "self_label", "retrain", "eval_on")
+SIM_FLAGS += ("temperature", "cold_start_labels", "random_share")
 SIM_FLAGS += ("assessors", "overlap", "aggregate")
 
 
@@ -374,7 +483,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--diversity", choices=["none", *DIVERSITY], default="none")
     p.add_argument("--balance", action="store_true")
     p.add_argument("--stop-on", choices=STOP_ON)
+    p.add_argument(
+        "--eval-on",
+        choices=["test", "val"],
+        help="val: measure on half the val split (the other half stops): for choosing defaults",
+    )
     p.add_argument("--no-calibrate", action="store_true")
+    p.add_argument(
+        "--first-seed", type=int, help="first seed (default 0); merge runs with sim_report"
+    )
     for name in ("initial", "query_size", "steps", "seeds", "pool_limit", "eval_every", "d"):
         p.add_argument("--" + name.replace("_", "-"), type=int)
     for name in ("candidate_factor", "mc_samples", "base_batch", "epochs", "patience"):
@@ -383,6 +500,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     for name in ("dropout", "lr", "weight_decay", "finetune_lr"):
         p.add_argument("--" + name.replace("_", "-"), type=float)
     p.add_argument("--model", choices=["trident", "linear"])
+    p.add_argument("--temperature", type=float, help="+power/+softmax sampling temperature (1)")
+    p.add_argument(
+        "--cold-start-labels", type=int, help="+typical: typicality below this many labels (1000)"
+    )
+    p.add_argument("--random-share", type=float, help="+control: random share of a query (0.1)")
     p.add_argument(
         "--self-label",
         type=float,
@@ -392,6 +514,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--monitor", choices=["loss", "accuracy"])
     p.add_argument("--retrain", choices=["finetune", "scratch"], help="default finetune")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--cache-dir",
+        type=Path,
+        default=Path("var/sim_cache"),
+        help="full-data references cached per data set and protocol ('' to disable)",
+    )
     p.add_argument("--threads", type=int, help="torch CPU threads (1 is fastest on a busy box)")
     p.add_argument(
         "--assessors",
@@ -435,7 +563,8 @@ def main(argv: list[str] | None = None) -> None:
     ds = load_dataset(cfg.dataset, args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
-    raw = simulate(ds, cfg, args.out / "raw.json", show_progress=not args.quiet)
+    cache = args.cache_dir if str(args.cache_dir) not in ("", ".") else None
+    raw = simulate(ds, cfg, args.out / "raw.json", show_progress=not args.quiet, cache=cache)
     results = summarise(raw, time.perf_counter() - t0)
     print(write_outputs(results, args.out))
 

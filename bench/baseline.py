@@ -21,7 +21,8 @@ import numpy as np
 
 from batch_jobs.datasets import DEFAULT_DATA_DIR, Dataset, load_dataset
 from model.data import MODALITIES
-from model.training import LabeledViews, TrainConfig, macro_f1, train_passive
+from model.evaluation import scores
+from model.training import LabeledViews, TrainConfig, train_passive
 
 RESULTS = Path(__file__).resolve().parent / "results"
 
@@ -39,10 +40,8 @@ def concat_imputed(ds: Dataset, rows: np.ndarray, train_rows: np.ndarray) -> np.
 
 
 def _metrics(pred: np.ndarray, true: np.ndarray, n_classes: int) -> dict[str, float]:
-    return {
-        "accuracy": float((pred == true).mean()),
-        "macro_f1": float(np.nanmean(macro_f1(pred, true, n_classes))),
-    }
+    m = scores(pred, true, n_classes)
+    return {"accuracy": m.accuracy, "macro_f1": m.macro_f1}
 
 
 def logistic_regression(ds: Dataset, cs: tuple[float, ...]) -> dict:

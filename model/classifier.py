@@ -11,7 +11,16 @@ import numpy as np
 import torch
 
 from model.data import Standardizer, Views
-from model.network import HEADS, Dropout, NetConfig, Network, Trident, build_network, no_dropout
+from model.network import (
+    HEADS,
+    Dropout,
+    HeadLogits,
+    NetConfig,
+    Network,
+    Trident,
+    build_network,
+    no_dropout,
+)
 from postclf_errors import InvalidInputError
 
 CHECKPOINT_FORMAT = 1
@@ -28,11 +37,17 @@ class Inputs(NamedTuple):
 
 @dataclass(frozen=True)
 class Predictions:
-    """`probs (n, C)` from the head used for each row, `head (n,)` its name, `features (n, F)`."""
+    """`probs (n, C)` from the head used for each row, `head (n,)` its name, `features (n, F)`.
+
+    `head_probs (n, 3, C)`: every head's calibrated probabilities from the same forward pass,
+    in `HEADS` order (image, text, fused); a head not defined for a row (its view missing, or
+    the model lacks it) is an all-zero row, never a distribution.
+    """
 
     probs: np.ndarray
     head: np.ndarray
     features: np.ndarray | None = None
+    head_probs: np.ndarray | None = None
 
 
 class MaskBankDropout:
@@ -142,25 +157,47 @@ class Classifier:
                 out[rows] = torch.softmax(scaled, dim=1).numpy()
         return out
 
+    def _all_heads(self, out: HeadLogits) -> np.ndarray:
+        """Every head's calibrated softmax, zeros where undefined. → `(B, 3, C)`."""
+        batch = next(iter(out.masks.values())).shape[0]
+        res = np.zeros((batch, len(HEADS), len(self.classes)), np.float32)
+        for k, name in enumerate(HEADS):
+            if name in out.logits:
+                rows = out.masks[name]  # (B,) bool
+                scaled = out.logits[name][rows] / self.temperature.get(name, 1.0)
+                res[rows.numpy(), k] = torch.softmax(scaled, dim=1).numpy()
+        return res
+
     @torch.inference_mode()
     def predict(
-        self, views: Views, batch_size: int = 8192, with_features: bool = False
+        self,
+        views: Views,
+        batch_size: int = 8192,
+        with_features: bool = False,
+        with_heads: bool = False,
     ) -> Predictions:
-        """Deterministic prediction (dropout off, BN in eval) of `n` posts."""
+        """Deterministic prediction (dropout off, BN in eval) of `n` posts; `with_heads` adds
+        every head's probabilities `(n, 3, C)` from the same forward pass."""
         if self.net.training:  # the served model is in eval already: skip the module walk
             self.net.eval()
         head = head_per_row(views, self.net_config)
-        probs, feats = [], []
+        probs, feats, heads = [], [], []
         for start in range(0, len(views), batch_size):
             part = views.take(slice(start, start + batch_size))
             out = self.net(*self.tensors(part))
             probs.append(self._probs(out.logits, head[start : start + batch_size]))
             if with_features:
                 feats.append(out.features.numpy())
+            if with_heads:
+                heads.append(self._all_heads(out))
+        c = len(self.classes)
         return Predictions(
-            probs=np.concatenate(probs) if probs else np.empty((0, len(self.classes)), np.float32),
+            probs=np.concatenate(probs) if probs else np.empty((0, c), np.float32),
             head=head,
             features=np.concatenate(feats) if with_features and feats else None,
+            head_probs=(np.concatenate(heads) if heads else np.zeros((0, len(HEADS), c)))
+            if with_heads
+            else None,
         )
 
     @torch.inference_mode()

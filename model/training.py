@@ -16,6 +16,7 @@ from torch import nn
 
 from model.classifier import Classifier, head_per_row
 from model.data import Standardizer, Views
+from model.evaluation import evaluate_model, per_class_f1
 from model.loss import UncertaintyWeightedLoss
 from model.network import HEADS, HeadLogits, NetConfig, build_network
 
@@ -310,18 +311,10 @@ def finetune_active(
 
 
 def accuracy(clf: Classifier, data: LabeledViews) -> float:
-    """Fraction of `data` whose served prediction is the true label."""
-    pred = clf.predict(data.views).probs.argmax(1)
-    return float((pred == data.labels).mean())
+    """Fraction of `data` whose served prediction is the true label (`model.evaluation`)."""
+    return evaluate_model(clf, data).accuracy
 
 
 def macro_f1(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class F1 `(C,)` (NaN for a class absent from both); average with np.nanmean."""
-    f1 = np.full(n_classes, np.nan)
-    for c in range(n_classes):
-        tp = np.sum((pred == c) & (true == c))
-        fp = np.sum((pred == c) & (true != c))
-        fn = np.sum((pred != c) & (true == c))
-        if tp + fp + fn:
-            f1[c] = 2 * tp / (2 * tp + fp + fn)
-    return f1
+    """Per-class F1 `(C,)` (NaN for a class absent from both): `evaluation.per_class_f1`."""
+    return per_class_f1(pred, true, n_classes)

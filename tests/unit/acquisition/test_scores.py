@@ -14,14 +14,26 @@ from postclf_errors import InvalidInputError
 RNG = np.random.default_rng(0)
 
 
+def _three_d(name: str) -> bool:
+    return STRATEGIES[name].needs_mc or STRATEGIES[name].needs_heads
+
+
 def _input_for(name: str, probs_3d: np.ndarray) -> np.ndarray:
-    """MC strategies take `(n, T, C)`; the others the mean over T, `(n, C)`."""
-    return probs_3d if STRATEGIES[name].needs_mc else probs_3d.mean(axis=1)
+    """MC strategies take `(n, T, C)`, committee ones `(n, K, C)` (the same array read as K
+    heads); the others the mean over the middle axis, `(n, C)`."""
+    return probs_3d if _three_d(name) else probs_3d.mean(axis=1)
 
 
 def test_registry_names_and_mc_flags() -> None:
-    assert set(STRATEGIES) == {"random", "least_confidence", "margin", "entropy", "bald"}
+    assert set(STRATEGIES) == {
+        "random", "least_confidence", "margin", "entropy", "bald",
+        "vote_entropy", "kl_committee", "fused_conflict", "margin_committee",
+    }  # fmt: skip
     assert [n for n, s in STRATEGIES.items() if s.needs_mc] == ["bald"]
+    assert [n for n, s in STRATEGIES.items() if s.needs_heads] == [
+        "vote_entropy", "kl_committee", "fused_conflict", "margin_committee"
+    ]  # fmt: skip
+    assert not any(s.needs_mc and s.needs_heads for s in STRATEGIES.values())
     assert all(s.name == n for n, s in STRATEGIES.items())
 
 
@@ -74,8 +86,7 @@ def test_random_depends_only_on_rng() -> None:
 
 @pytest.mark.parametrize("name", sorted(STRATEGIES))
 def test_wrong_rank_is_rejected(name: str) -> None:
-    needs_mc = STRATEGIES[name].needs_mc
-    wrong = np.full((4, 3), 1 / 3) if needs_mc else np.full((4, 2, 3), 1 / 3)
+    wrong = np.full((4, 3), 1 / 3) if _three_d(name) else np.full((4, 2, 3), 1 / 3)
     with pytest.raises(InvalidInputError):
         STRATEGIES[name].score(wrong, RNG)
 
@@ -111,6 +122,7 @@ def test_scores_are_finite_and_permutation_equivariant(name: str, mc, seed: int)
     arr = _input_for(name, mc)
     s = strategy.score(arr, np.random.default_rng(seed))
     assert s.shape == (arr.shape[0],) and np.isfinite(s).all()
+    assert (s >= strategy.floor - 1e-12).all()  # power sampling relies on the floor
     perm = np.random.default_rng(seed).permutation(arr.shape[0])
     s_perm = strategy.score(arr[perm], np.random.default_rng(seed))
     if name == "random":

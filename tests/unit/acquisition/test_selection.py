@@ -27,6 +27,7 @@ def pool() -> dict[str, np.ndarray]:
     probs = mc.mean(axis=1)
     return {
         "mc": mc,
+        "heads": mc[:, :3],  # (N, 3, C) read as the three heads' probabilities
         "probs": probs,
         "features": feats.astype(np.float32),
         "predicted": probs.argmax(1),
@@ -34,7 +35,14 @@ def pool() -> dict[str, np.ndarray]:
 
 
 def _scores(pool: dict[str, np.ndarray], name: str, seed: int = 0) -> np.ndarray:
-    arr = pool["mc"] if STRATEGIES[name].needs_mc else pool["probs"]
+    strategy = STRATEGIES[name]
+    arr = (
+        pool["mc"]
+        if strategy.needs_mc
+        else pool["heads"]
+        if strategy.needs_heads
+        else pool["probs"]
+    )
     return STRATEGIES[name].score(arr, np.random.default_rng(seed))
 
 

@@ -77,3 +77,16 @@ def test_crowd_section_builds_and_names_unknown_keys():
     assert cfg.crowd == CrowdConfig(overlap=3, control_share=0.1)
     with pytest.raises(InvalidInputError, match=r"jobs\.crowd"):
         JobConfig.from_dict({"crowd": {"overlpa": 3}})
+
+
+def test_query_policy_and_self_training_keys_build_from_plain_data() -> None:
+    cfg = JobConfig.from_dict(
+        {
+            "query": {"strategy": "margin_committee", "sampling": "power", "random_share": 0.1},
+            "self_training": {"enabled": True, "thresholds": [0.9, 0.95]},
+        }
+    )
+    assert cfg.query.sampling == "power" and cfg.query.random_share == 0.1
+    assert cfg.self_training.enabled and cfg.self_training.thresholds == (0.9, 0.95)
+    with pytest.raises(InvalidInputError, match="treshold"):
+        JobConfig.from_dict({"self_training": {"treshold": 0.9}})

@@ -15,6 +15,7 @@ from batch_jobs.config import EngineConfig, QueryConfig
 from batch_jobs.nightly import run_nightly
 from batch_jobs.scoring import MemorySource, Scored, score_chunk
 from model.data import Views
+from postclf_errors import InvalidInputError
 
 SEED = (7, 739_000)
 CHUNK = 97  # several chunks, none aligned with anything
@@ -70,6 +71,28 @@ def test_streaming_chooses_what_the_whole_pool_chooses(
     assert got.reasons.tolist() == want_reasons
     assert eligible[got.indices].all() and len(set(got.indices.tolist())) == 15
     assert got.counts["scored"] == int(eligible.sum())
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sampling"), [("margin", "power"), ("kl_committee", "softmax")]
+)
+def test_stochastic_batches_stream_exactly_and_differ_from_top_k(
+    tiny_model, pool_views, strategy, sampling
+):
+    eligible = np.ones(len(pool_views), bool)
+    cfg = QueryConfig(strategy, 15, 6, "kmeans", True, sampling=sampling, temperature=0.5)
+    source = MemorySource(pool_views, eligible, CHUNK)
+    got = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    assert got.indices.tolist() == whole_pool_selection(tiny_model, source, cfg)[0]
+    top = propose(tiny_model, None, source, replace(cfg, sampling="top"), EngineConfig(), SEED)
+    assert set(got.indices.tolist()) != set(top.indices.tolist())
+
+
+def test_query_config_rejects_bad_sampling():
+    with pytest.raises(InvalidInputError, match="sampling"):
+        QueryConfig(sampling="sometimes")
+    with pytest.raises(InvalidInputError, match="temperature"):
+        QueryConfig(sampling="power", temperature=-1.0)
 
 
 def test_counts_cover_the_whole_pool(tiny_model, pool_views):

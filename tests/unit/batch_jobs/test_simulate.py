@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -32,7 +33,8 @@ def _run(data_dir: Path, out: Path, *extra: str) -> None:
         [
             "--dataset", "reviews_small", "--data-dir", str(data_dir), "--out", str(out),
             "--strategies", "random,margin+kmeans+balance", "--initial", "60",
-            "--query-size", "10", "--steps", "2", "--seeds", "1", "--quiet", *TINY, *extra,
+            "--query-size", "10", "--steps", "2", "--seeds", "1", "--quiet", *TINY,
+            "--cache-dir", str(out.parent / "cache"), *extra,
         ]
     )  # fmt: skip
 
@@ -89,7 +91,8 @@ def test_seed_mnist_preset_on_a_small_slice(
     simulate.main(
         ["--preset", "seed-mnist", "--data-dir", str(tmp_path), "--out", str(tmp_path / "o"),
          "--steps", "3", "--seeds", "1", "--epochs", "30", "--finetune-epochs", "30",
-         "--strategies", "least_confidence,random", "--self-label", "0.9", "--quiet"]
+         "--strategies", "least_confidence,random", "--self-label", "0.9", "--quiet",
+         "--cache-dir", ""]
     )  # fmt: skip
     printed = capsys.readouterr().out
     assert "published" in printed and "92.25" in printed and "pseudo" in printed
@@ -119,3 +122,67 @@ def test_curve_summaries() -> None:
     assert labels_to_reach(labels, curve, 0.7) == 20
     assert labels_to_reach(labels, curve, 0.95) is None
     assert auc(labels, curve) == pytest.approx(0.7)
+
+
+def test_new_stages_committee_and_stopping_signal_reach_the_report(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _run(
+        data_dir, tmp_path / "b", "--strategies",
+        "random,margin_committee+power+kmeans+typical+control+self", "--cold-start-labels", "65",
+    )  # fmt: skip
+    printed = capsys.readouterr().out
+    assert "seeds present 1" in printed and "to rnd final" in printed and "saving %" in printed
+    results = json.loads((tmp_path / "b" / "results.json").read_text())
+    s = results["strategies"]["margin_committee+power+kmeans+typical+control+self"]
+    assert s["seeds"] == 1 and len(s["stability"]) == 2
+    assert all(0.0 <= x <= 1.0 for x in s["stability"])
+    assert "pseudo_labels" in s and "steps_below_random_band" in s
+    assert len(s["per_seed"][0]["pseudo"]) == 2
+
+
+def test_full_reference_is_cached_per_data_set_and_protocol(data_dir: Path, tmp_path: Path) -> None:
+    _run(data_dir, tmp_path / "a")
+    _run(data_dir, tmp_path / "b")
+    first = json.loads((tmp_path / "a" / "results.json").read_text())["full"]["per_seed"][0]
+    again = json.loads((tmp_path / "b" / "results.json").read_text())["full"]["per_seed"][0]
+    assert "cached" not in first and again["cached"] is True
+    assert again["accuracy"] == first["accuracy"]
+    _run(data_dir, tmp_path / "c", "--pool-limit", "300")  # another protocol: computed afresh
+    other = json.loads((tmp_path / "c" / "results.json").read_text())["full"]["per_seed"][0]
+    assert "cached" not in other and other["labels"] == 300
+
+
+def test_degenerate_strategies_are_refused(data_dir: Path, tmp_path: Path) -> None:
+    with pytest.raises(InvalidInputError, match=r"bald.*no dropout") as err:
+        _run(data_dir, tmp_path / "d", "--strategies", "random,bald", "--model", "linear")
+    assert err.value.field == "strategies"
+    ds = load_dataset("reviews_small", data_dir=data_dir)
+    one_view = dataclasses.replace(
+        ds, views=dataclasses.replace(ds.views, image=None, image_mask=None)
+    )
+    cfg = simulate.SimConfig("x", (simulate.StrategySpec.parse("kl_committee"),))
+    assert "cannot disagree" in (simulate.degenerate(cfg.strategies[0], cfg, one_view) or "")
+    assert simulate.degenerate(cfg.strategies[0], cfg, ds) is None
+
+
+def test_seed_split_runs_merge_into_one_report(
+    data_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from batch_jobs import sim_report
+
+    _run(data_dir, tmp_path / "s0", "--strategies", "random")
+    _run(data_dir, tmp_path / "s1", "--strategies", "random", "--first-seed", "1")
+    _run(data_dir, tmp_path / "other", "--strategies", "random", "--query-size", "5")
+    _run(data_dir, tmp_path / "margin", "--strategies", "margin", "--first-seed", "1")
+    sim_report.main(
+        [str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1"), str(tmp_path / "margin")]
+    )
+    assert "seeds present 1/2" in capsys.readouterr().out
+    merged = json.loads((tmp_path / "m" / "results.json").read_text())
+    per_seed = merged["strategies"]["random"]["per_seed"]
+    assert merged["strategies"]["random"]["seeds"] == 2 and per_seed[0] != per_seed[1]
+    assert merged["strategies"]["margin"]["seeds"] == 1
+    assert [f["seed"] for f in merged["full"]["per_seed"]] == [0, 1]  # once per seed
+    with pytest.raises(SystemExit, match="differ"):
+        sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "other")])

@@ -24,6 +24,23 @@ def test_head_used_follows_available_modalities(tiny_model, small_splits) -> Non
     assert (pred.head[~v.image_mask] == "text").all()
 
 
+def test_one_forward_pass_gives_every_heads_probabilities(tiny_model, small_splits) -> None:
+    """`with_heads`: `(n, 3, C)` in HEADS order; the served head's row equals `probs`, a head
+    with its view missing is all zeros (a one-view post has one head)."""
+    v = small_splits["test"].views
+    pred = tiny_model.predict(v, with_heads=True)
+    hp = pred.head_probs
+    assert hp.shape == (len(v), 3, len(tiny_model.classes))
+    present = hp.sum(axis=2)  # (n, 3)
+    assert np.allclose(present[v.image_mask, 0], 1, atol=1e-5)
+    assert np.allclose(present[~v.image_mask, 0], 0) and np.allclose(present[~v.image_mask, 2], 0)
+    assert np.allclose(present[v.text_mask, 1], 1, atol=1e-5)
+    served = {"image": 0, "text": 1, "fused": 2}
+    idx = np.array([served[h] for h in pred.head])
+    assert np.allclose(hp[np.arange(len(v)), idx], pred.probs, atol=1e-6)
+    assert tiny_model.predict(v).head_probs is None
+
+
 def test_post_with_no_embedding_is_rejected(tiny_model) -> None:
     nan = np.full((2, 384), np.nan, np.float32)
     ok = np.zeros((2, 384), np.float32)

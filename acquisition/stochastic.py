@@ -1,0 +1,42 @@
+"""Stochastic batch acquisition: sample the batch in proportion to the scores instead of top-k.
+
+Top-k of `key = log(w) + Gumbel` is a sample of k rows without replacement with probability
+∝ `w` (Gumbel-top-k; Kool et al. 2019), so the perturbed scores drop into every selector and
+into the streaming scorer unchanged (each row's key depends on that row alone). Kirsch et al.
+2023 ("Stochastic batch acquisition") find such sampling as good as costly batch-aware methods:
+- `power`: `w = (score - floor)^(1/T)` (PowerBALD / power-margin; `floor` is the strategy's
+  lowest possible score, e.g. -1 for margin, so `score - floor` is ≥ 0);
+- `softmax`: `w = exp(score / T)`;
+- `top`: the scores unchanged (deterministic top-k), and no randomness drawn.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from postclf_errors import InvalidInputError
+
+SAMPLINGS = ("top", "power", "softmax")
+_TINY = 1e-300  # log guard: a zero weight becomes a very unlikely (not impossible) pick
+
+
+def check_sampling(sampling: str, temperature: float) -> None:
+    """Raise InvalidInputError naming the field for an unknown mode or a temperature ≤ 0."""
+    if sampling not in SAMPLINGS:
+        raise InvalidInputError(f"must be one of {SAMPLINGS}, got {sampling!r}", "sampling")
+    if not (np.isfinite(temperature) and temperature > 0):
+        raise InvalidInputError(f"must be a finite number > 0, got {temperature!r}", "temperature")
+
+
+def perturb(
+    scores: np.ndarray, floor: float, sampling: str, temperature: float, rng: np.random.Generator
+) -> np.ndarray:
+    """Sampling keys `(n,)` from scores `(n,)`: their top-k is the sampled batch."""
+    check_sampling(sampling, temperature)
+    s = np.asarray(scores, np.float64)
+    if sampling == "top":
+        return s
+    gumbel = rng.gumbel(size=s.shape[0])  # (n,)
+    if sampling == "power":
+        return np.log(np.maximum(s - floor, _TINY)) / temperature + gumbel
+    return s / temperature + gumbel

@@ -1,0 +1,162 @@
+"""Self-training in the fold-in: confident pseudo-labels from the unlabeled pool join the
+active-phase fine-tune. One implementation for the nightly retrain and the simulator.
+
+- The confidence threshold is chosen on the validation (gate) split: the lowest candidate
+  threshold whose validation precision (accuracy of the rows at or above it) reaches
+  `target_precision` on at least `min_val_rows` rows; none qualifies → no pseudo-labels.
+- Per-class caps: at most `ceil(max_ratio · true labels / classes)` per predicted class (the
+  most confident first), so a dominant class cannot flood the fine-tune.
+- Callers pass only eligible pool rows: never labeled, queried, gate or holdout posts.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import numpy as np
+
+from model.classifier import Classifier
+from model.data import Views
+from model.training import LabeledViews
+from postclf_errors import InvalidInputError
+from store.ledger import hash_holdout
+from store.pool import Pool, sorted_contains
+
+
+@dataclass(frozen=True)
+class SelfTrainConfig:
+    """Off by default: the simulator did not show it helping (README, design decisions)."""
+
+    enabled: bool = False
+    thresholds: tuple[float, ...] = (0.7, 0.8, 0.9, 0.95, 0.98, 0.99)
+    target_precision: float = 0.9  # validation precision the chosen threshold must reach
+    min_val_rows: int = 20  # validation rows at or above a threshold for it to count
+    max_ratio: float = 1.0  # pseudo-labels at most this many times the true labels
+    max_pool: int = 50_000  # pool rows considered (a uniform sample by id hash)
+
+    def __post_init__(self) -> None:
+        if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
+            raise InvalidInputError("need one or more values in (0, 1)", "self_training.thresholds")
+        if not 0.0 < self.target_precision <= 1.0:
+            raise InvalidInputError("must be in (0, 1]", "self_training.target_precision")
+        if self.max_ratio < 0 or self.min_val_rows < 1 or self.max_pool < 1:
+            raise InvalidInputError(
+                "max_ratio >= 0, min_val_rows >= 1, max_pool >= 1", "self_training"
+            )
+
+
+@dataclass(frozen=True)
+class PseudoLabels:
+    """`rows (k,)` into the candidate arrays, `labels (k,)` predicted classes, the threshold
+    chosen (None: none qualified) and its validation precision."""
+
+    rows: np.ndarray
+    labels: np.ndarray
+    threshold: float | None
+    val_precision: float | None
+
+    def report(self, true: np.ndarray | None = None) -> dict[str, float | int | None]:
+        """Counts and precision: measured against `true (k,)` when known (the simulator),
+        else the validation estimate only (the nightly)."""
+        out: dict[str, float | int | None] = {
+            "pseudo_labels": int(self.rows.shape[0]),
+            "threshold": self.threshold,
+            "val_precision": self.val_precision,
+        }
+        if true is not None:
+            out["precision"] = float((true == self.labels).mean()) if self.rows.size else None
+        return out
+
+
+def choose_threshold(
+    val_probs: np.ndarray, val_labels: np.ndarray, cfg: SelfTrainConfig
+) -> tuple[float | None, float | None]:
+    """(threshold, its validation precision) from `val_probs (v, C)`, `val_labels (v,)`."""
+    conf, pred = val_probs.max(axis=1), val_probs.argmax(axis=1)  # (v,), (v,)
+    for t in sorted(cfg.thresholds):
+        sure = conf >= t
+        if sure.sum() >= cfg.min_val_rows:
+            precision = float((pred[sure] == val_labels[sure]).mean())
+            if precision >= cfg.target_precision:
+                return t, precision
+    return None, None
+
+
+def select_pseudo(
+    probs: np.ndarray,
+    val_probs: np.ndarray,
+    val_labels: np.ndarray,
+    n_true: int,
+    cfg: SelfTrainConfig,
+) -> PseudoLabels:
+    """Pseudo-labels among candidate rows `probs (n, C)`; `n_true` true labels set the caps."""
+    if probs.ndim != 2 or val_probs.ndim != 2 or val_probs.shape[0] != val_labels.shape[0]:
+        raise InvalidInputError("need probs (n, C), val_probs (v, C), val_labels (v,)", "probs")
+    none = PseudoLabels(np.zeros(0, np.int64), np.zeros(0, np.int64), None, None)
+    t, precision = choose_threshold(val_probs, val_labels, cfg)
+    if t is None or probs.shape[0] == 0:
+        return PseudoLabels(none.rows, none.labels, t, precision)
+    conf, pred = probs.max(axis=1), probs.argmax(axis=1)
+    cap = math.ceil(cfg.max_ratio * n_true / probs.shape[1])
+    sure = np.flatnonzero(conf >= t)
+    sure = sure[np.lexsort((sure, -conf[sure]))]  # most confident first, ties by row
+    order = np.argsort(pred[sure], kind="stable")  # grouped by class, confidence order kept
+    grouped = sure[order]
+    starts = np.searchsorted(pred[grouped], np.arange(probs.shape[1]))
+    rank = np.arange(grouped.shape[0]) - starts[pred[grouped]]  # rank inside the class
+    rows = np.sort(grouped[rank < cap])
+    return PseudoLabels(rows.astype(np.int64), pred[rows].astype(np.int64), t, precision)
+
+
+def with_pseudo_labels(
+    clf: Classifier,
+    labeled: LabeledViews,
+    candidates: Views | None,
+    val: LabeledViews | None,
+    cfg: SelfTrainConfig,
+) -> tuple[LabeledViews, PseudoLabels]:
+    """The true labels plus `clf`'s confident pseudo-labels of `candidates` (eligible pool
+    rows only). Without a validation set no threshold can be chosen: nothing is added."""
+    empty = PseudoLabels(np.zeros(0, np.int64), np.zeros(0, np.int64), None, None)
+    if val is None or len(val) == 0 or candidates is None or len(candidates) == 0:
+        return labeled, empty
+    probs = clf.predict(candidates).probs  # (n, C)
+    val_probs = clf.predict(val.views).probs  # (v, C)
+    pseudo = select_pseudo(probs, val_probs, val.labels, len(labeled), cfg)
+    if not pseudo.rows.size:
+        return labeled, pseudo
+    grown = LabeledViews(
+        Views.concat([labeled.views, candidates.take(pseudo.rows)]),
+        np.concatenate([labeled.labels, pseudo.labels]),
+    )
+    return grown, pseudo
+
+
+def pool_sample(
+    pool: Pool, excluded: np.ndarray, holdout_fraction: float, max_rows: int, chunk_rows: int
+) -> Views | None:
+    """A uniform sample (the smallest id hashes) of at most `max_rows` pooled posts that are
+    not `excluded (e,)` (sorted hashes of labeled and queried posts) and not holdout posts.
+    Memory: `max_rows` hashes and locators while scanning, then the sample's views."""
+    best = np.zeros(0, np.uint64)
+    for ref in pool.chunks(pool.segments(include_kept=False), chunk_rows):
+        hashes = pool.load(ref).hashes
+        fresh = hashes[~sorted_contains(excluded, hashes)]
+        best = np.unique(np.concatenate([best, fresh]))[:max_rows]  # sorted, smallest kept
+    if not best.size:
+        return None
+    ids = _ids_of(pool, best, chunk_rows)
+    ids = [p for p in ids if not hash_holdout(p, holdout_fraction)]  # never a gate post
+    return pool.get(ids)[1] if ids else None
+
+
+def _ids_of(pool: Pool, hashes: np.ndarray, chunk_rows: int) -> list[str]:
+    """Post ids of the pooled rows with these `hashes` (sorted), first copy of each."""
+    out: dict[int, str] = {}
+    for ref in pool.chunks(pool.segments(include_kept=False), chunk_rows):
+        h = pool.load(ref).hashes
+        hit = np.flatnonzero(sorted_contains(hashes, h))
+        for row, pid in zip(hit.tolist(), pool.ids(ref.segment, ref.start + hit), strict=True):
+            out.setdefault(int(h[row]), pid)
+    return list(out.values())

@@ -1,0 +1,102 @@
+"""Seconds per simulation query step at a large pool, policy by policy (training excluded).
+
+Run: .venv/bin/python -m bench.sim_step [--pool 100000] [--repeats 3]
+     [--out bench/results/sim_step.json]
+
+Trains a trident on 500 random reviews train rows (a short passive phase), builds a pool of
+`--pool` posts by tiling the real reviews embeddings with a little Gaussian noise
+(`bench.nightly.resample_pool`), marks `--labeled` rows labeled, and times one
+`policy.propose_in_memory` call (the simulator's query step: scoring the unlabeled pool and
+selection) per policy. Medians of `--repeats`, one torch thread; wall and CPU seconds of
+this process, with the load average, because on a shared box wall time mostly measures the
+other tenants (CPU seconds are what one free core would take). Training time per step is a separate
+matter (it depends on the labeled count, not the pool): see the simulator's `s/step` column.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from batch_jobs.config import QueryConfig
+from batch_jobs.policy import propose_in_memory
+from bench.nightly import DATA, resample_pool
+from model.data import Views
+from model.training import LabeledViews, TrainConfig, train_passive
+
+POLICIES = {
+    "margin": QueryConfig("margin", 100),
+    "margin+kmeans+balance": QueryConfig("margin", 100, diversity="kmeans", balance=True),
+    "margin+power+kmeans+balance": QueryConfig(
+        "margin", 100, diversity="kmeans", balance=True, sampling="power"
+    ),
+    "margin_committee+kmeans+balance": QueryConfig(
+        "margin_committee", 100, diversity="kmeans", balance=True
+    ),
+    "margin+kmeans+balance+control": QueryConfig(
+        "margin", 100, diversity="kmeans", balance=True, random_share=0.1
+    ),
+}
+COLD = ("typical cold start, 500 labeled", QueryConfig("margin", 100, cold_start_labels=10**9))
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--pool", type=int, default=100_000)
+    p.add_argument("--labeled", type=int, default=4500)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--out", type=Path, default=Path("bench/results/sim_step.json"))
+    p.add_argument("--only", help="comma list of policy names to time (default: all)")
+    args = p.parse_args()
+    torch.set_num_threads(1)
+    npz = dict(np.load(DATA))
+    tr = np.flatnonzero(npz["split"] == "train")
+    rows = np.random.default_rng(0).choice(tr, 500, replace=False)
+    views = Views.from_nan_rows(npz["image"], npz["text"])
+    labels = npz["label"].astype(np.int64)
+    classes = [str(c) for c in npz["class_names"]]
+    clf = train_passive(
+        LabeledViews(views.take(rows), labels[rows]), None, classes, TrainConfig(max_epochs=10)
+    )
+    pool = resample_pool(npz, args.pool, 0.02, seed=1)
+    labeled = np.zeros(args.pool, bool)
+    labeled[np.random.default_rng(2).choice(args.pool, args.labeled, replace=False)] = True
+    few = np.zeros(args.pool, bool)
+    few[np.flatnonzero(labeled)[:500]] = True  # the cold start runs while labels are few
+    results = {}
+    todo = [*POLICIES.items(), COLD]
+    if args.only:
+        todo = [(n, c) for n, c in todo if n in args.only.split(",")]
+    for name, cfg in todo:
+        times, cpu = [], []
+        for r in range(args.repeats):
+            mask = few if cfg.cold_start_labels else labeled
+            t0, c0 = time.perf_counter(), time.process_time()
+            propose_in_memory(clf, pool, mask, cfg, np.random.default_rng(r))
+            times.append(time.perf_counter() - t0)
+            cpu.append(time.process_time() - c0)
+        results[name] = {
+            "median_s": float(np.median(times)),
+            "median_cpu_s": float(np.median(cpu)),
+            "all_s": times,
+            "all_cpu_s": cpu,
+        }
+    load = os.getloadavg()
+    print(f"pool {args.pool}, labeled {args.labeled}, q=100, 1 thread, load avg {load[0]:.1f}")
+    print("| policy | wall s/step (median) | CPU s/step (median) | wall runs |\n|---|---|---|---|")
+    for name, r in results.items():
+        runs = ", ".join(f"{t:.2f}" for t in r["all_s"])
+        print(f"| {name} | {r['median_s']:.2f} | {r['median_cpu_s']:.2f} | {runs} |")
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+    args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "load": load,
+                                    "results": results}, indent=1))  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()

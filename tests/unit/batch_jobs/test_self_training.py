@@ -1,0 +1,86 @@
+"""Self-training: threshold on validation, per-class caps, eligible rows only, the retrain."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import numpy as np
+import pytest
+
+from batch_jobs.retrain import retrain
+from batch_jobs.self_training import SelfTrainConfig, choose_threshold, select_pseudo
+from postclf_errors import InvalidInputError
+from store.ledger import Ledger, hash_holdout
+
+from .test_retrain import label_test_posts
+
+CFG = SelfTrainConfig(True, thresholds=(0.6, 0.8, 0.9), target_precision=0.9, min_val_rows=2)
+
+
+def _probs(conf: list[float], cls: list[int], c: int = 3) -> np.ndarray:
+    p = np.zeros((len(conf), c))
+    for i, (q, k) in enumerate(zip(conf, cls, strict=True)):
+        p[i] = (1 - q) / (c - 1)
+        p[i, k] = q
+    return p
+
+
+def test_threshold_is_the_lowest_with_enough_validation_precision() -> None:
+    val = _probs([0.95, 0.92, 0.85, 0.7, 0.65], [0, 1, 2, 0, 1])
+    truth = np.array([0, 1, 2, 1, 0])  # wrong below 0.8
+    assert choose_threshold(val, truth, CFG) == (0.8, 1.0)
+    assert choose_threshold(val, np.array([1, 0, 0, 0, 0]), CFG) == (None, None)
+
+
+def test_per_class_caps_keep_the_most_confident() -> None:
+    val = _probs([0.95, 0.95], [0, 1])
+    pool = _probs([0.99, 0.97, 0.98, 0.96, 0.5, 0.91], [0, 0, 0, 1, 1, 2])
+    got = select_pseudo(pool, val, np.array([0, 1]), n_true=6, cfg=replace(CFG, max_ratio=1.0))
+    # cap = ceil(1.0 · 6 / 3) = 2 per class: class 0 keeps rows 0 and 2 (0.99, 0.98)
+    assert got.rows.tolist() == [0, 2, 3, 5] and got.labels.tolist() == [0, 0, 1, 2]
+    assert got.threshold == 0.6 and got.val_precision == 1.0
+    rep = got.report(true=np.array([0, 1, 1, 2]))
+    assert rep["pseudo_labels"] == 4 and rep["precision"] == 0.75
+    none = select_pseudo(pool, val, np.array([0, 1]), n_true=0, cfg=CFG)
+    assert none.rows.size == 0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "field"),
+    [
+        ({"thresholds": ()}, "self_training.thresholds"),
+        ({"thresholds": (1.0,)}, "self_training.thresholds"),
+        ({"target_precision": 0.0}, "self_training.target_precision"),
+        ({"max_ratio": -1.0}, "self_training"),
+    ],
+)
+def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
+    with pytest.raises(InvalidInputError) as err:
+        SelfTrainConfig(**kwargs)
+    assert err.value.field == field
+
+
+def test_retrain_adds_pseudo_labels_never_from_labeled_or_holdout(
+    paths, job_cfg, small, monkeypatch
+) -> None:
+    import batch_jobs.retrain as retrain_mod
+
+    seen: dict = {}
+    real = retrain_mod.with_pseudo_labels
+
+    def spy(clf, train, candidates, val, cfg):  # type: ignore[no-untyped-def]
+        seen["n"] = len(candidates)
+        return real(clf, train, candidates, val, cfg)
+
+    monkeypatch.setattr(retrain_mod, "with_pseudo_labels", spy)
+    labeled = label_test_posts(paths, small, 40)
+    st = SelfTrainConfig(True, thresholds=(0.05, 0.1), target_precision=0.01, min_val_rows=1)
+    report = retrain(paths, replace(job_cfg, self_training=st), force=True)
+    test_ids = small["post_id"][small["split"] == "test"].astype(str)
+    eligible = [p for p in test_ids if p not in set(labeled) and not hash_holdout(p, 0.15)]
+    assert seen["n"] == len(eligible)  # the unlabeled, non-holdout pooled posts only
+    assert report.self_training is not None and report.self_training["pseudo_labels"] > 0
+    assert report.self_training["threshold"] == 0.05 and report.stability is not None
+    assert 0.0 <= report.stability <= 1.0
+    with Ledger(paths.ledger) as ledger:
+        assert ledger.count_labels_since(0) >= 40  # nothing written as a label
