@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import logging
 import time
-from collections import Counter, defaultdict
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -70,33 +69,6 @@ class RetrainReport:
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def resolve_labels(rows: list[tuple[str, str, str, bool]], classes: list[str]) -> ResolvedLabels:
-    """Majority vote per post over `(post_id, assessor_id, label, holdout)` ledger rows."""
-    votes: dict[str, Counter[str]] = defaultdict(Counter)
-    holdout: dict[str, bool] = {}
-    for post_id, _assessor, label, hold in rows:
-        votes[post_id][label] += 1
-        holdout[post_id] = bool(hold)
-    index = {c: i for i, c in enumerate(classes)}
-    ids, labels, ties, unknown = [], [], [], []
-    for post_id, counter in votes.items():
-        (top, n), *rest = counter.most_common()
-        if rest and rest[0][1] == n:
-            ties.append(post_id)
-        elif top not in index:
-            unknown.append(post_id)
-        else:
-            ids.append(post_id)
-            labels.append(index[top])
-    return ResolvedLabels(
-        np.asarray(ids, dtype=str),
-        np.asarray(labels, dtype=np.int64),
-        np.asarray([holdout[p] for p in ids], dtype=bool),
-        ties,
-        unknown,
-    )
 
 
 def resolve_crowd(

@@ -9,10 +9,11 @@ import pytest
 import torch
 
 import batch_jobs.retrain as retrain_mod
+from batch_jobs.aggregation import aggregate_rows
 from batch_jobs.bootstrap import ensure_model
-from batch_jobs.config import Paths
+from batch_jobs.config import CrowdConfig, Paths
 from batch_jobs.labels import LabelRow, submit_labels
-from batch_jobs.retrain import decide, resolve_labels, retrain
+from batch_jobs.retrain import decide, retrain
 from model.registry import ModelRegistry
 from postclf_errors import JobBusyError, ModelUnavailableError
 from store.ledger import Ledger
@@ -42,7 +43,7 @@ def test_resolve_majority_ties_and_unknown():
         ("c", "x", "Jackets", False),
         ("d", "x", "Dresses", True),
     ]
-    got = resolve_labels(rows, ["Dresses", "Knits"])
+    got = aggregate_rows(rows, ["Dresses", "Knits"], CrowdConfig(aggregate="mv"))
     assert got.post_ids.tolist() == ["a", "d"]
     assert got.labels.tolist() == [1, 0]
     assert got.holdout.tolist() == [False, True]
