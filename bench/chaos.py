@@ -33,7 +33,7 @@ import grpc
 import numpy as np
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
-from batch_jobs.datasets import DEFAULT_DATA_DIR
+from batch_jobs.datasets import DEFAULT_DATA_DIR, read_arrays
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
@@ -70,12 +70,12 @@ class Acked:
 
 class Data:
     def __init__(self, path: Path) -> None:
-        with np.load(path) as d:
-            self.ids = d["post_id"].astype(str)
-            self.image, self.text = d["image"], d["text"]
-            self.split = d["split"].astype(str)
-            names = d["class_names"].astype(str)
-            self.label = names[d["label"]]
+        d = read_arrays(Path(path))
+        self.ids = d["post_id"].astype(str)
+        self.image, self.text = d["image"], d["text"]
+        self.split = d["split"].astype(str)
+        names = d["class_names"].astype(str)
+        self.label = names[d["label"]]
 
     def posts(self, rows: np.ndarray, ids: list[str]) -> list[pb.Post]:
         return arrays_to_posts(ids, self.image[rows], self.text[rows])

@@ -26,7 +26,7 @@ import torch
 from acquisition.scores import STRATEGIES
 from acquisition.selection import select_query
 from batch_jobs.active_step import QueryConfig, propose_query
-from batch_jobs.datasets import DEFAULT_DATA_DIR
+from batch_jobs.datasets import DEFAULT_DATA_DIR, read_arrays
 from model.classifier import Classifier
 from model.data import Views
 from model.training import LabeledViews, TrainConfig, train_passive
@@ -208,8 +208,7 @@ def main() -> None:
     args = ap.parse_args()
     env = environment()
     t_start = time.perf_counter()
-    with np.load(args.data) as d:
-        npz = {k: d[k] for k in d.files}
+    npz = read_arrays(Path(args.data))
     clf, train_s = train_model(npz, args.max_epochs)
     pool = resample_pool(npz, args.pool, args.noise, seed=0)
     res: dict[str, float] = {}

@@ -29,7 +29,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_jobs.datasets import DEFAULT_DATA_DIR
+from batch_jobs.datasets import DEFAULT_DATA_DIR, read_arrays
 
 DATA = DEFAULT_DATA_DIR / "reviews.npz"
 NOISE = 0.01
@@ -105,8 +105,8 @@ def grow_pool(home: Path, size: int, dtype: str) -> int:
 
     pool = Pool(home / "pool", dtype)
     have = len(pool)
-    with np.load(DATA) as d:
-        image, text = d["image"].astype(np.float32), d["text"].astype(np.float32)
+    d = read_arrays(Path(DATA))
+    image, text = d["image"].astype(np.float32), d["text"].astype(np.float32)
     rng = np.random.default_rng(have)
     t0 = time.perf_counter()
     for start in range(have, size, BLOCK):

@@ -19,6 +19,7 @@ import numpy as np
 
 from batch_jobs.active_step import propose
 from batch_jobs.config import EngineConfig, QueryConfig
+from batch_jobs.datasets import read_arrays
 from batch_jobs.scoring import PoolSource
 from bench.nightly_scale import DATA, NOISE
 from model.data import Views
@@ -34,8 +35,8 @@ CONFIGS = {
 
 def fill(root: Path, dtype: str, rows: int) -> Pool:
     pool = Pool(root, dtype)
-    with np.load(DATA) as d:
-        image, text = d["image"].astype(np.float32), d["text"].astype(np.float32)
+    d = read_arrays(Path(DATA))
+    image, text = d["image"].astype(np.float32), d["text"].astype(np.float32)
     rng = np.random.default_rng(0)
     for start in range(0, rows, 1 << 16):
         n = min(1 << 16, rows - start)

@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_jobs.datasets import DEFAULT_DATA_DIR
+from batch_jobs.datasets import DEFAULT_DATA_DIR, read_arrays
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
@@ -53,7 +53,7 @@ def _requests(data: Path, batch: int, count: int, skip_pool: bool) -> list:
     from client.encode import arrays_to_posts
     from postclf.v1 import postclf_pb2 as pb
 
-    d = np.load(data)
+    d = read_arrays(Path(data))
     rows = np.flatnonzero(d["split"] == "test")
     ids, image, text = d["post_id"][rows].astype(str), d["image"][rows], d["text"][rows]
     out = []
@@ -186,7 +186,7 @@ def train_model(data: Path, home: Path, epochs: int) -> None:
     from model.registry import ModelRegistry
     from model.training import LabeledViews, TrainConfig, train_passive
 
-    d = np.load(data)
+    d = read_arrays(Path(data))
     rows = d["split"] == "train"
     train = LabeledViews(Views.from_nan_rows(d["image"][rows], d["text"][rows]), d["label"][rows])
     classes = [str(c) for c in d["class_names"]]
@@ -203,7 +203,7 @@ def ceiling(home: Path, data: Path, seconds: float, torch_threads: int, batch: i
     from model.registry import ModelRegistry
 
     clf = ModelRegistry(home / "models").load()
-    d = np.load(data)
+    d = read_arrays(Path(data))
     rows = np.flatnonzero(d["split"] == "test")[:batch]
     views = Views.from_nan_rows(d["image"][rows], d["text"][rows])
     torch.set_num_threads(torch_threads)  # the server's setting

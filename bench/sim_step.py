@@ -25,6 +25,7 @@ import numpy as np
 import torch
 
 from batch_jobs.config import QueryConfig
+from batch_jobs.datasets import read_arrays
 from batch_jobs.policy import propose_in_memory
 from bench.nightly import DATA, resample_pool
 from model.data import Views
@@ -55,7 +56,7 @@ def main() -> None:
     p.add_argument("--only", help="comma list of policy names to time (default: all)")
     args = p.parse_args()
     torch.set_num_threads(1)
-    npz = dict(np.load(DATA))
+    npz = read_arrays(Path(DATA))
     tr = np.flatnonzero(npz["split"] == "train")
     rows = np.random.default_rng(0).choice(tr, 500, replace=False)
     views = Views.from_nan_rows(npz["image"], npz["text"])

@@ -60,9 +60,9 @@ def wait_for_model(stub, timeout: float = 30.0) -> str:
             time.sleep(0.1)
 
 
-def test_loop_through_grpc(running, data_dir: Path):
+def test_loop_through_grpc(running, small_npz):
     app, clf_stub, admin = running
-    d = np.load(data_dir / "reviews_small.npz")
+    d = small_npz
     classes = [str(c) for c in d["class_names"]]
     truth = {str(p): classes[int(c)] for p, c in zip(d["post_id"], d["label"], strict=True)}
     test = np.flatnonzero(d["split"] == "test")

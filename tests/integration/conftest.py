@@ -13,12 +13,12 @@ from model.classifier import Classifier
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
-from tests.integration.support import DATA, Running, SmallData, install_model, server_config
+from tests.integration.support import Running, SmallData, install_model, server_config
 
 
 @pytest.fixture(scope="session")
-def data() -> SmallData:
-    d = np.load(DATA)
+def data(small_npz: dict[str, np.ndarray]) -> SmallData:
+    d = small_npz  # the suite's one load of reviews_small
     return SmallData(
         d["post_id"].astype(str),
         d["image"],

@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import shutil
+import threading
+import time
+from collections.abc import Callable
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -64,3 +67,12 @@ def server_config(home: Path, **overrides: object) -> ServerConfig:
 
 def install_model(registry_root: Path, home: Path) -> None:
     shutil.copytree(registry_root, home / "models", dirs_exist_ok=True)
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a state another thread reaches when it exposes no event of its own."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        tick.wait(0.002)

@@ -22,7 +22,7 @@ from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
 from server.app import build_server
 from tests.conftest import TINY_JOBS
-from tests.integration.support import DATA, server_config
+from tests.integration.support import server_config
 
 CFG = dataclasses.replace(
     TINY_JOBS,
@@ -73,9 +73,11 @@ def _label_studio_export(tasks: Path, dst: Path, email: str, answer) -> None:
     dst.write_text(json.dumps(doc))
 
 
-def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(running, tmp_path, capsys):
+def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(
+    running, tmp_path, capsys, small_npz
+):
     app, stub, admin = running
-    d = np.load(DATA)
+    d = small_npz
     classes = [str(c) for c in d["class_names"]]
     truth = {str(p): classes[int(c)] for p, c in zip(d["post_id"], d["label"], strict=True)}
 
@@ -130,9 +132,11 @@ def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(running, t
     assert flagged == ["eve@example.org"]
 
 
-def test_submit_labels_file_errors_are_per_row_and_keep_the_good_rows(running, tmp_path, capsys):
+def test_submit_labels_file_errors_are_per_row_and_keep_the_good_rows(
+    running, tmp_path, capsys, small_npz
+):
     app, _stub, _admin = running
-    d = np.load(DATA)
+    d = small_npz
     ids = d["post_id"].astype(str)
     classes = [str(c) for c in d["class_names"]]
     target = f"127.0.0.1:{app.port}"

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
@@ -14,7 +13,7 @@ from model.data import Views
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
 from store.pool import Pool
-from tests.integration.support import Running, SmallData
+from tests.integration.support import Running, SmallData, wait_until
 
 HEADS = {"fused", "image", "text"}
 
@@ -114,7 +113,15 @@ def test_concurrent_calls_share_one_forward_pass(
 ) -> None:
     model = server.app.holder.require()
     fast = model.clf.predict
-    monkeypatch.setattr(model.clf, "predict", lambda *a, **k: (time.sleep(0.3), fast(*a, **k))[1])
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*a: object, **k: object) -> object:  # the first forward pass waits for `release`
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(10)
+        return fast(*a, **k)
+
+    monkeypatch.setattr(model.clf, "predict", held)
     requests = [data.posts(np.arange(10 * k, 10 * k + 3 + k)) for k in range(5)]
     replies: dict[int, pb.ClassifyResponse] = {}
 
@@ -123,10 +130,12 @@ def test_concurrent_calls_share_one_forward_pass(
 
     first = threading.Thread(target=call, args=(0,))
     first.start()
-    time.sleep(0.1)  # the worker is computing call 0; calls 1-4 queue up behind it
+    assert entered.wait(10)  # the worker is computing call 0; calls 1-4 queue up behind it
     others = [threading.Thread(target=call, args=(k,)) for k in range(1, 5)]
     for t in others:
         t.start()
+    wait_until(lambda: server.app.service.batcher._queue.qsize() == 4)
+    release.set()
     for t in [first, *others]:
         t.join()
     for k, posts in enumerate(requests):

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from collections.abc import Callable
 
 import grpc
@@ -11,7 +10,7 @@ import numpy as np
 import pytest
 
 from postclf.v1 import postclf_pb2 as pb
-from tests.integration.support import Running, SmallData
+from tests.integration.support import Running, SmallData, wait_until
 
 Code = grpc.StatusCode
 
@@ -184,20 +183,23 @@ def test_deadline_passed_while_queued_is_not_computed(
 ) -> None:
     model = server.app.holder.require()
     fast = model.clf.predict
+    entered, release = threading.Event(), threading.Event()
 
-    def slow(*args: object, **kwargs: object) -> object:
-        time.sleep(0.5)
+    def held(*args: object, **kwargs: object) -> object:  # busy until the late call expired
+        entered.set()
+        assert release.wait(10)
         return fast(*args, **kwargs)
 
-    monkeypatch.setattr(model.clf, "predict", slow)  # the batcher's worker is busy for 0.5 s
+    monkeypatch.setattr(model.clf, "predict", held)
     first = pb.ClassifyRequest(posts=_posts(data, 3))
     busy = threading.Thread(target=lambda: server.classifier.Classify(first, timeout=10))
     busy.start()
-    time.sleep(0.1)
+    assert entered.wait(10)  # the batcher's worker is computing the first call
     late = pb.ClassifyRequest(posts=_posts(data, 5))
     err = _call_error(lambda: server.classifier.Classify(late, timeout=0.1))
+    release.set()
     busy.join()
     assert err.code() == Code.DEADLINE_EXCEEDED
     sample = server.app.service.metrics.registry.get_sample_value
-    assert sample("postclf_expired_calls_total") == 1
+    wait_until(lambda: sample("postclf_expired_calls_total") == 1)  # the worker reached it
     assert sample("postclf_batch_posts_sum") == 3  # only the first call was computed
