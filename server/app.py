@@ -74,7 +74,7 @@ class App:
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         svc = self.service
-        cancelled = svc.jobs.scope.abandon()  # free their leases for the next start
+        cancelled = svc.jobs.scope.abandon(svc.ledger)  # free their leases for the next start
         if cancelled:
             log.warning("event=jobs_cancelled jobs=%s", cancelled)
         svc.holder.stop()

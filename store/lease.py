@@ -207,16 +207,18 @@ class JobScope:
             lease.cancel()
             log.info("event=job_cancelled name=%s", lease.name)
 
-    def abandon(self) -> list[str]:
+    def abandon(self, ledger: Ledger | None = None) -> list[str]:
         """Last step of a shutdown: the cancelled jobs still running will die with the
-        process; free their leases now and record their runs as `cancelled`."""
+        process; free their leases now and record their runs as `cancelled`, through `ledger`
+        (the caller's, still open; a job may be closing its own ledger right now)."""
         with self._lock:
             leases = list(self._leases.values())
         for lease in leases:
             lease.stop()
-            try:  # the job may be closing its ledger right now: never fail the shutdown
-                if lease.ledger.release_lock(lease.name, lease.owner):
-                    lease.ledger.abandon_running_jobs(lease.name, "cancelled")
+            store = ledger or lease.ledger
+            try:  # never fail the shutdown: a lease left behind expires within its TTL
+                if store.release_lock(lease.name, lease.owner):
+                    store.abandon_running_jobs(lease.name, "cancelled")
             except Exception:
                 log.exception("event=lease_release_failed name=%s", lease.name)
         return [lease.name for lease in leases]

@@ -75,6 +75,10 @@ class Ledger:
         self._local = threading.local()
         self._conns: list[sqlite3.Connection] = []
         self._conns_lock = threading.Lock()
+        # Operations in flight, so that close() never closes a connection another thread is
+        # using (sqlite3 with check_same_thread=False: that is a segfault, not an error).
+        self._busy = 0
+        self._idle = threading.Condition()
         self.schema_version = migrate(self._conn())
 
     # -- connections --------------------------------------------------------------------------
@@ -93,26 +97,45 @@ class Ledger:
         return conn
 
     @contextmanager
+    def _using(self) -> Iterator[sqlite3.Connection]:
+        """This thread's connection, counted as in use until the block ends."""
+        with self._idle:
+            self._busy += 1
+        try:
+            yield self._conn()
+        finally:
+            with self._idle:
+                self._busy -= 1
+                if self._busy == 0:
+                    self._idle.notify_all()
+
+    @contextmanager
     def _write(self) -> Iterator[sqlite3.Connection]:
         """One write transaction, taken up front so that read-then-write cannot race."""
-        conn = self._conn()
-        conn.execute("BEGIN IMMEDIATE")
-        try:
-            yield conn
-        except BaseException:
-            conn.execute("ROLLBACK")
-            raise
-        conn.execute("COMMIT")
+        with self._using() as conn:
+            conn.execute("BEGIN IMMEDIATE")
+            try:
+                yield conn
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+            conn.execute("COMMIT")
 
     def _read(self, sql: str, params: Sequence[Any] = ()) -> list[tuple]:
-        return self._conn().execute(sql, params).fetchall()
+        with self._using() as conn:
+            return conn.execute(sql, params).fetchall()
 
-    def close(self) -> None:
-        with self._conns_lock:
-            for conn in self._conns:
-                conn.close()
-            self._conns.clear()
-        self._local = threading.local()
+    def close(self, timeout: float = 30.0) -> None:
+        """Close every thread's connection once no operation is in flight (a later call opens
+        a fresh one). An operation still running after `timeout` s is a bug: raise."""
+        with self._idle:
+            if not self._idle.wait_for(lambda: self._busy == 0, timeout):
+                raise RuntimeError(f"ledger still in use after {timeout} s; not closed")
+            with self._conns_lock:
+                for conn in self._conns:
+                    conn.close()
+                self._conns.clear()
+            self._local = threading.local()
 
     def __enter__(self) -> Ledger:
         return self
@@ -335,12 +358,12 @@ class Ledger:
     def excluded_post_ids(self) -> Iterator[str]:
         """Labeled posts and posts in open queries (the nightly never re-queries them),
         streamed from one cursor so no caller needs them all in memory as strings."""
-        cur = self._conn().execute(
-            "SELECT post_id FROM labels UNION SELECT i.post_id FROM query_items i "
-            "JOIN queries q USING (query_id) WHERE q.status = 'open'"
-        )
-        for (post_id,) in cur:
-            yield post_id
+        with self._using() as conn:
+            cur = conn.execute(
+                "SELECT post_id FROM labels UNION SELECT i.post_id FROM query_items i "
+                "JOIN queries q USING (query_id) WHERE q.status = 'open'"
+            )
+            yield from (post_id for (post_id,) in cur)
 
     def posts_in_open_queries(self) -> set[str]:
         return {

@@ -215,3 +215,25 @@ def test_control_answers_join_labels_to_the_control_items_of_their_query(ledger)
     ledger.add_labels([LabelRow("p2", "ann", "Knits", "q9"), LabelRow("p3", "ann", "Knits", "q9")])
     ledger.add_labels([LabelRow("p2", "bob", "Dresses")])  # no query named: a plain vote
     assert ledger.control_answers() == [("p2", "ann", "Knits", "Dresses")]
+
+
+def test_close_waits_for_an_operation_in_flight_in_another_thread(tmp_path):
+    """Closing a sqlite3 connection another thread is using is a segfault, not an error."""
+    ledger = Ledger(tmp_path / "l.db")
+    entered, release = threading.Event(), threading.Event()
+
+    def hold() -> None:
+        with ledger._using():  # as a long read or write would
+            entered.set()
+            release.wait(10)
+
+    t = threading.Thread(target=hold)
+    t.start()
+    assert entered.wait(10)
+    with pytest.raises(RuntimeError, match="still in use"):
+        ledger.close(timeout=0.05)
+    release.set()
+    t.join(10)
+    ledger.close(timeout=10)  # nothing in flight: closes
+    assert ledger.post_count() == 0  # a later call opens a fresh connection
+    ledger.close()
