@@ -4,6 +4,9 @@ home bootstrapped once per session whose model every package's tests share."""
 from __future__ import annotations
 
 import os
+import threading
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -80,3 +83,12 @@ def bootstrapped_home(tmp_path_factory: pytest.TempPathFactory, data_dir: Path) 
 def tiny_model(bootstrapped_home: Path) -> Classifier:
     """The shared home's model (do not mutate; deep-copy it first)."""
     return ModelRegistry(bootstrapped_home / "models").load()
+
+
+def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
+    """Wait for a state another thread reaches when it exposes no event of its own."""
+    deadline = time.monotonic() + timeout
+    tick = threading.Event()
+    while not cond():
+        assert time.monotonic() < deadline, "condition not reached in time"
+        tick.wait(0.002)

@@ -21,11 +21,9 @@ from batch_jobs.config import JobConfig, Paths
 from batch_jobs.export import read_export
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
-from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from server.app import build_server
 from store.ledger import Ledger
 from tests.conftest import TINY_TRAIN
-from tests.integration.support import server_config
+from tests.integration.support import serving
 
 pytestmark = pytest.mark.slow  # `make test-fast` (-m 'not slow') leaves it out
 
@@ -40,13 +38,8 @@ CFG = JobConfig(
 def running(tmp_path, data_dir: Path):
     home = tmp_path / "home"
     assert ensure_model(Paths(home), CFG, data_dir / "reviews_small.npz") == "v0001"
-    app = build_server(server_config(home, workers=16, grace_s=1.0), job_cfg=CFG)
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield app, pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
-    finally:
-        channel.close()
-        app.stop(grace=0)
+    with serving(home, CFG, workers=16) as running:
+        yield running
 
 
 def wait_for_model(stub, timeout: float = 30.0) -> str:

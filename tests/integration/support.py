@@ -4,18 +4,20 @@ from __future__ import annotations
 
 import shutil
 import threading
-import time
-from collections.abc import Callable
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 import grpc
 import numpy as np
 
+from batch_jobs.config import JobConfig
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from server.app import App
+from server.app import App, build_server
 from server.config import BatcherConfig, LimitsConfig, ServerConfig
 from tests.conftest import SMALL
 
@@ -69,10 +71,28 @@ def install_model(registry_root: Path, home: Path) -> None:
     shutil.copytree(registry_root, home / "models", dirs_exist_ok=True)
 
 
-def wait_until(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a state another thread reaches when it exposes no event of its own."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached in time"
-        tick.wait(0.002)
+@contextmanager
+def serving(home: Path, job_cfg: JobConfig, workers: int) -> Iterator[tuple[App, Any, Any]]:
+    """A real server on `home` with `job_cfg`: `(app, PostClassifier stub, Admin stub)`."""
+    app = build_server(server_config(home, workers=workers, grace_s=1.0), job_cfg=job_cfg)
+    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
+    try:
+        yield app, pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
+    finally:
+        channel.close()
+        app.stop(grace=0)
+
+
+def hold_first_predict(monkeypatch: Any, clf: Any) -> tuple[threading.Event, threading.Event]:
+    """The batcher's first forward pass sets `entered`, then waits for `release`."""
+    fast = clf.predict
+    entered, release = threading.Event(), threading.Event()
+
+    def held(*args: object, **kwargs: object) -> object:
+        if not entered.is_set():
+            entered.set()
+            assert release.wait(10), "the test never released the held forward pass"
+        return fast(*args, **kwargs)
+
+    monkeypatch.setattr(clf, "predict", held)
+    return entered, release

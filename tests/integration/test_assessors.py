@@ -10,7 +10,6 @@ import json
 import shutil
 from pathlib import Path
 
-import grpc
 import numpy as np
 import pytest
 
@@ -19,10 +18,8 @@ from batch_jobs.config import CrowdConfig
 from client.cli import EXIT_ERROR, EXIT_REJECTED, main
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
-from postclf.v1 import postclf_pb2_grpc as pb_grpc
-from server.app import build_server
 from tests.conftest import TINY_JOBS
-from tests.integration.support import server_config
+from tests.integration.support import serving
 
 CFG = dataclasses.replace(
     TINY_JOBS,
@@ -35,13 +32,8 @@ CFG = dataclasses.replace(
 def running(tmp_path, bootstrapped_home):
     home = tmp_path / "home"
     shutil.copytree(bootstrapped_home, home)  # v0001, seeded ledger and pool
-    app = build_server(server_config(home, workers=8, grace_s=1.0), job_cfg=CFG)
-    channel = grpc.insecure_channel(f"127.0.0.1:{app.port}")
-    try:
-        yield app, pb_grpc.PostClassifierStub(channel), pb_grpc.AdminStub(channel)
-    finally:
-        channel.close()
-        app.stop(grace=0)
+    with serving(home, CFG, workers=8) as running:
+        yield running
 
 
 def _fill_csv(src: Path, dst: Path, assessor: str, answer) -> None:

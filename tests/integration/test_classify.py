@@ -13,7 +13,8 @@ from model.data import Views
 from model.registry import ModelRegistry
 from postclf.v1 import postclf_pb2 as pb
 from store.pool import Pool
-from tests.integration.support import Running, SmallData, wait_until
+from tests.conftest import wait_until
+from tests.integration.support import Running, SmallData, hold_first_predict
 
 HEADS = {"fused", "image", "text"}
 
@@ -111,17 +112,7 @@ def test_ingested_posts_are_on_disk_when_the_call_returns(server: Running, data:
 def test_concurrent_calls_share_one_forward_pass(
     server: Running, data: SmallData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = server.app.holder.require()
-    fast = model.clf.predict
-    entered, release = threading.Event(), threading.Event()
-
-    def held(*a: object, **k: object) -> object:  # the first forward pass waits for `release`
-        if not entered.is_set():
-            entered.set()
-            assert release.wait(10)
-        return fast(*a, **k)
-
-    monkeypatch.setattr(model.clf, "predict", held)
+    entered, release = hold_first_predict(monkeypatch, server.app.holder.require().clf)
     requests = [data.posts(np.arange(10 * k, 10 * k + 3 + k)) for k in range(5)]
     replies: dict[int, pb.ClassifyResponse] = {}
 

@@ -10,7 +10,8 @@ import numpy as np
 import pytest
 
 from postclf.v1 import postclf_pb2 as pb
-from tests.integration.support import Running, SmallData, wait_until
+from tests.conftest import wait_until
+from tests.integration.support import Running, SmallData, hold_first_predict
 
 Code = grpc.StatusCode
 
@@ -181,16 +182,8 @@ def test_unavailable_before_a_model_exists(
 def test_deadline_passed_while_queued_is_not_computed(
     server: Running, data: SmallData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    model = server.app.holder.require()
-    fast = model.clf.predict
-    entered, release = threading.Event(), threading.Event()
-
-    def held(*args: object, **kwargs: object) -> object:  # busy until the late call expired
-        entered.set()
-        assert release.wait(10)
-        return fast(*args, **kwargs)
-
-    monkeypatch.setattr(model.clf, "predict", held)
+    # The worker is busy with the first call until the late call has expired.
+    entered, release = hold_first_predict(monkeypatch, server.app.holder.require().clf)
     first = pb.ClassifyRequest(posts=_posts(data, 3))
     busy = threading.Thread(target=lambda: server.classifier.Classify(first, timeout=10))
     busy.start()

@@ -17,6 +17,7 @@ from server.batcher import Batcher, BatchResult
 from server.config import BatcherConfig
 from server.metrics import Metrics
 from server.models import ServedModel
+from tests.conftest import wait_until
 
 N_CLASSES = 3
 
@@ -70,15 +71,6 @@ def views_of(values: list[int]) -> Views:
     return Views(img, None, np.ones(len(values), bool), None)
 
 
-def wait_for(cond: Callable[[], bool], timeout: float = 10.0) -> None:
-    """Wait for a state another thread reaches (its own event is not exposed)."""
-    deadline = time.monotonic() + timeout
-    tick = threading.Event()
-    while not cond():
-        assert time.monotonic() < deadline, "condition not reached"
-        tick.wait(0.002)
-
-
 def labels(result: BatchResult) -> list[int]:
     return result.probs.argmax(axis=1).tolist()
 
@@ -121,7 +113,7 @@ def behind_a_held_call(
     first = pool.submit(batcher.predict, views_of([0]), None)
     assert clf.entered.wait(10)
     rest = [pool.submit(batcher.predict, views_of(c), deadline) for c in calls]
-    wait_for(lambda: batcher._queue.qsize() == len(calls))
+    wait_until(lambda: batcher._queue.qsize() == len(calls))
     pool.shutdown(wait=False)
     return first, rest
 
