@@ -16,7 +16,6 @@ from torch import nn
 
 from model.classifier import Classifier, head_per_row
 from model.data import Standardizer, Views
-from model.evaluation import evaluate_model, per_class_f1
 from model.loss import UncertaintyWeightedLoss
 from model.network import HEADS, HeadLogits, NetConfig, build_network
 
@@ -308,13 +307,3 @@ def finetune_active(
     clf.meta["loss_log_var"] = loss_fn.log_var.detach().tolist()
     _finish(clf, val, cfg, stats)
     return clf
-
-
-def accuracy(clf: Classifier, data: LabeledViews) -> float:
-    """Fraction of `data` whose served prediction is the true label (`model.evaluation`)."""
-    return evaluate_model(clf, data).accuracy
-
-
-def macro_f1(pred: np.ndarray, true: np.ndarray, n_classes: int) -> np.ndarray:
-    """Per-class F1 `(C,)` (NaN for a class absent from both): `evaluation.per_class_f1`."""
-    return per_class_f1(pred, true, n_classes)

@@ -6,11 +6,11 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.evaluation import evaluate_model
 from model.training import (
     LabeledViews,
     _fit_temperature,
     _validate,
-    accuracy,
     finetune_active,
     train_passive,
 )
@@ -25,7 +25,7 @@ def _bn_buffers(net: torch.nn.Module) -> dict[str, torch.Tensor]:
 
 def test_passive_training_beats_chance(tiny_model, small_splits) -> None:
     chance = 1 / len(tiny_model.classes)
-    assert accuracy(tiny_model, small_splits["test"]) > 3 * chance
+    assert evaluate_model(tiny_model, small_splits["test"]).accuracy > 3 * chance
 
 
 def test_active_phase_keeps_bn_running_statistics(tiny_model, small_splits, class_names) -> None:
