@@ -133,11 +133,8 @@ class Classifier:
     def tensors(self, views: Views) -> Inputs:
         """Standardised `(image, text, image_mask, text_mask)` tensors in the model's layout."""
         cfg, n = self.net_config, len(views)
-        for name, dim in (("image", cfg.image_dim), ("text", cfg.text_dim)):
-            got = views.dims[name]
-            if got is not None and dim is not None and got != dim:
-                raise InvalidInputError(f"dimension {got}, model expects {dim}", name)
-        z = self.standardizer.transform(_drop_unknown(views, cfg))
+        check_dims(views, cfg)
+        z = self.standardizer.transform(drop_unknown(views, cfg))
 
         def t(a: np.ndarray | None) -> torch.Tensor | None:
             return None if a is None else torch.from_numpy(np.ascontiguousarray(a))
@@ -304,7 +301,15 @@ def _repeat(x: torch.Tensor | None, samples: int) -> torch.Tensor | None:
     return None if x is None else x.repeat(samples, 1)
 
 
-def _drop_unknown(views: Views, cfg: NetConfig) -> Views:
+def check_dims(views: Views, cfg: NetConfig) -> None:
+    """InvalidInputError naming the view whose width is not the model's."""
+    for name, dim in (("image", cfg.image_dim), ("text", cfg.text_dim)):
+        got = views.dims[name]
+        if got is not None and dim is not None and got != dim:
+            raise InvalidInputError(f"dimension {got}, model expects {dim}", name)
+
+
+def drop_unknown(views: Views, cfg: NetConfig) -> Views:
     """Drop a view the model has no branch for (its rows then count as missing)."""
     image = views.image if cfg.image_dim else None
     text = views.text if cfg.text_dim else None

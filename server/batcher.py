@@ -85,8 +85,8 @@ class _Call:
 
 
 def _compute(model: ServedModel, views: Views) -> BatchResult:
-    pred = model.clf.predict(views)
-    return BatchResult(pred.probs, pred.head, model)
+    probs, head = model.folded.predict(views)
+    return BatchResult(probs, head, model)
 
 
 class Batcher:

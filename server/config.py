@@ -73,7 +73,9 @@ class ServerConfig:
     metrics_port: int | None = 9095  # Prometheus HTTP; None = off, 0 = pick a free port
     processes: int = 1  # server processes sharing the port (SO_REUSEPORT); one per core
     reuse_port: bool = False  # SO_REUSEPORT (forced on when processes > 1)
-    torch_threads: int = 1  # intra-op threads per process (0 = torch's default); scale by processes
+    torch_threads: int = (
+        1  # torch and BLAS threads per process (0 = their defaults); scale by processes
+    )
     workers: int = 64  # gRPC handler threads (≥ the concurrency you want batched together)
     grace_s: float = 10.0  # shutdown: in-flight calls get this long to finish
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked

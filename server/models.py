@@ -13,6 +13,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 
 from model.classifier import Classifier
+from model.folded import FoldedClassifier
 from model.registry import ModelRegistry
 from postclf_errors import ModelUnavailableError
 
@@ -29,10 +30,16 @@ class Dims:
 
 @dataclass(frozen=True)
 class ServedModel:
-    """One loaded version; never mutated after load."""
+    """One loaded version; never mutated after load. Classify runs `folded`, the same
+    predictions as `clf.predict` at a fraction of the cost (model/folded.py)."""
 
     version: str
     clf: Classifier
+    folded: FoldedClassifier
+
+    @classmethod
+    def of(cls, version: str, clf: Classifier) -> ServedModel:
+        return cls(version, clf, FoldedClassifier(clf))
 
     @property
     def dims(self) -> Dims:
@@ -100,7 +107,7 @@ class ModelHolder:
                 return served
             clf = self.registry.load(version)
             clf.net.eval()
-            model = ServedModel(version=version, clf=clf)
+            model = ServedModel.of(version, clf)
             self._current = model  # the swap: one reference replaced
             if self.on_change is not None:  # under the lock: observers see versions in order
                 self.on_change(model)

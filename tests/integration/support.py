@@ -83,9 +83,10 @@ def serving(home: Path, job_cfg: JobConfig, workers: int) -> Iterator[tuple[App,
         app.stop(grace=0)
 
 
-def hold_first_predict(monkeypatch: Any, clf: Any) -> tuple[threading.Event, threading.Event]:
-    """The batcher's first forward pass sets `entered`, then waits for `release`."""
-    fast = clf.predict
+def hold_first_predict(monkeypatch: Any, model: Any) -> tuple[threading.Event, threading.Event]:
+    """The batcher's first forward pass on `model` (a ServedModel) sets `entered`, then waits
+    for `release`."""
+    fast = model.folded.predict
     entered, release = threading.Event(), threading.Event()
 
     def held(*args: object, **kwargs: object) -> object:
@@ -94,5 +95,5 @@ def hold_first_predict(monkeypatch: Any, clf: Any) -> tuple[threading.Event, thr
             assert release.wait(10), "the test never released the held forward pass"
         return fast(*args, **kwargs)
 
-    monkeypatch.setattr(clf, "predict", held)
+    monkeypatch.setattr(model.folded, "predict", held)
     return entered, release

@@ -112,7 +112,7 @@ def test_ingested_posts_are_on_disk_when_the_call_returns(server: Running, data:
 def test_concurrent_calls_share_one_forward_pass(
     server: Running, data: SmallData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    entered, release = hold_first_predict(monkeypatch, server.app.holder.require().clf)
+    entered, release = hold_first_predict(monkeypatch, server.app.holder.require())
     requests = [data.posts(np.arange(10 * k, 10 * k + 3 + k)) for k in range(5)]
     replies: dict[int, pb.ClassifyResponse] = {}
 

@@ -183,7 +183,7 @@ def test_deadline_passed_while_queued_is_not_computed(
     server: Running, data: SmallData, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     # The worker is busy with the first call until the late call has expired.
-    entered, release = hold_first_predict(monkeypatch, server.app.holder.require().clf)
+    entered, release = hold_first_predict(monkeypatch, server.app.holder.require())
     first = pb.ClassifyRequest(posts=_posts(data, 3))
     busy = threading.Thread(target=lambda: server.classifier.Classify(first, timeout=10))
     busy.start()

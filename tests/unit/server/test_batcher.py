@@ -6,7 +6,6 @@ import threading
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 
 import numpy as np
 import pytest
@@ -20,12 +19,6 @@ from server.models import ServedModel
 from tests.conftest import wait_until
 
 N_CLASSES = 3
-
-
-@dataclass
-class _Pred:
-    probs: np.ndarray
-    head: np.ndarray
 
 
 class FakeClf:
@@ -43,7 +36,7 @@ class FakeClf:
         self._hold_next, self.release = True, threading.Event()
         self.entered.clear()
 
-    def predict(self, views: Views) -> _Pred:
+    def predict(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
         self.sizes.append(len(views))
         hold, self._hold_next = self._hold_next, False
         self.entered.set()
@@ -53,12 +46,12 @@ class FakeClf:
             raise RuntimeError("bad batch")
         assert views.image is not None
         cls = views.image[:, 0].astype(np.int64) % N_CLASSES
-        return _Pred(np.eye(N_CLASSES, dtype=np.float32)[cls], np.zeros(len(views), np.int8))
+        return np.eye(N_CLASSES, dtype=np.float32)[cls], np.zeros(len(views), np.int8)
 
 
 class FakeHolder:
     def __init__(self, clf: FakeClf | None, version: str = "v1") -> None:
-        self.current = None if clf is None else ServedModel(version, clf)  # type: ignore[arg-type]
+        self.current = None if clf is None else ServedModel(version, clf, clf)  # type: ignore[arg-type]
 
     def require(self) -> ServedModel:
         if self.current is None:
@@ -137,7 +130,8 @@ def test_queued_calls_merge_into_one_pass_and_split_back(make, clf: FakeClf) -> 
 def test_one_model_version_per_batch_across_a_swap(make, clf, holder) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
     first, rest = behind_a_held_call(batcher, clf, [[1], [2]])
-    holder.current = ServedModel("v2", FakeClf())  # type: ignore[arg-type]  # hot swap mid-batch
+    swapped = FakeClf()
+    holder.current = ServedModel("v2", swapped, swapped)  # type: ignore[arg-type]  # mid-batch
     clf.release.set()
     assert first.result(10).model.version == "v1"  # the batch in flight keeps its model
     assert {f.result(10).model.version for f in rest} == {"v2"}  # the next batch: one version
