@@ -5,7 +5,8 @@ grpcio, thread pool and message options, no model) and `python -m server` (micro
 and two processes sharing the port via SO_REUSEPORT), with a model trained briefly on
 ../shared/data/reviews.npz, and drives each from a separate client process (grpc.aio, N calls in
 flight) over loopback with real test-split embeddings as float32 bytes. Cells: 1 post per call
-at concurrency 1 and 64 (pooled, and with skip_pool), 64 posts per call at 8 and 64 in flight.
+at concurrency 1 and 64 (pooled, and with skip_pool), 64 posts per call at 8 (both) and 64
+in flight.
 Server CPU per call is read from /proc (the server and its children). Rounds alternate the
 servers; the summary takes medians over rounds and prints the ratios we set targets on:
 1-post calls/s and p99 against echo's, 64-post posts/s against the served model in process
@@ -38,7 +39,14 @@ from batch_jobs.datasets import DEFAULT_DATA_DIR, read_arrays
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_DATA = DEFAULT_DATA_DIR / "reviews.npz"
 # (posts per call, calls in flight, skip_pool)
-CELLS = ((1, 1, False), (1, 64, False), (1, 64, True), (64, 8, False), (64, 64, False))
+CELLS = (
+    (1, 1, False),
+    (1, 64, False),
+    (1, 64, True),
+    (64, 8, False),
+    (64, 8, True),
+    (64, 64, False),
+)
 # mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms);
 # "echo" = the bare server; "postclf-linger20" gathers Classify pool entries for 20 ms.
 MODES = {
@@ -360,6 +368,10 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
         "1post_skip_pool_calls_per_s_vs_echo": one_skip["calls_per_s"] / echo1["calls_per_s"],
         "1post_p99_vs_echo (target <= 2)": one["p99_ms"] / echo1["p99_ms"],
         "64post_posts_per_s_vs_predict_at_64 (target >= 0.8)": big / predict64["folded"],
+        "64post_skip_pool_posts_per_s_vs_predict_at_64": med[("postclf", 64, 8, True)][
+            "posts_per_s"
+        ]
+        / predict64["folded"],
         "64post_posts_per_s_vs_module_predict_at_64": big / predict64["module"],
         "64post_posts_per_s_vs_predict_at_256": big / predict256["folded"],
         "1post_linger20_calls_per_s_vs_echo": med[("postclf-linger20", 1, 64, False)]["calls_per_s"]
