@@ -93,12 +93,13 @@ class Strategy:
     score: Callable[[np.ndarray, np.random.Generator], np.ndarray]
     needs_heads: bool = False
     floor: float = 0.0
+    reads_model: bool = True  # False: the score reads only the row count (random)
 
 
 STRATEGIES: dict[str, Strategy] = {
     s.name: s
     for s in (
-        Strategy("random", False, random_score),
+        Strategy("random", False, random_score, reads_model=False),
         Strategy("least_confidence", False, least_confidence),
         Strategy("margin", False, margin, floor=-1.0),
         Strategy("entropy", False, entropy),

@@ -176,10 +176,53 @@ def score_chunk(
     if not idx.size:
         return out
     score_rng, tie_rng = chunk_rngs(seed, key)
+    if not STRATEGIES[cfg.strategy].reads_model:
+        return _score_model_free(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
     keys = tie_rng.random(idx.size)
+    return _scored(clf, chunk, idx, scores, keys, probs, feats, skipped).top(m)
+
+
+def _score_model_free(
+    clf: Classifier,
+    chunk: Loaded,
+    cfg: QueryConfig,
+    m: int,
+    idx: np.ndarray,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    skipped: dict[str, int],
+) -> Scored:
+    """A score that ignores the model (random): the same draws as `score_views`, then the
+    model runs on the best `m` rows only, so the predicted histogram covers those rows."""
+    score_rng, tie_rng = rngs
+    strategy = STRATEGIES[cfg.strategy]
+    shape_only = np.zeros((idx.size, len(clf.classes)), np.float32)  # (k, C)
+    raw = strategy.score(shape_only, score_rng)
+    scores = perturb(raw, strategy.floor, cfg.sampling, cfg.temperature, score_rng)  # (k,)
+    keys = tie_rng.random(idx.size)
+    best = np.lexsort((keys, -scores))[:m]  # (m,) the rows `Scored.top` keeps
+    pred = clf.predict(chunk.views.take(idx[best]), with_features=cfg.diversity is not None)
+    feats = pred.features if pred.features is not None else np.empty((best.size, 0), np.float32)
+    out = _scored(clf, chunk, idx[best], scores[best], keys[best], pred.probs, feats, skipped)
+    out.scored = int(idx.size)
+    out.score_sum, out.score_min = float(scores.sum()), float(scores.min())
+    out.score_max = float(scores.max())
+    return out.top(m)
+
+
+def _scored(
+    clf: Classifier,
+    chunk: Loaded,
+    idx: np.ndarray,
+    scores: np.ndarray,
+    keys: np.ndarray,
+    probs: np.ndarray,
+    feats: np.ndarray,
+    skipped: dict[str, int],
+) -> Scored:
+    """Columns of the chunk's rows `idx (k,)` from their scores, keys and probs `(k, C)`."""
     predicted = probs.argmax(1)
-    full = Scored(
+    return Scored(
         np.full(idx.size, chunk.part, np.int64), chunk.rows[idx], chunk.hashes[idx],
         np.asarray(scores, np.float64), keys, predicted.astype(np.int64),
         probs[np.arange(idx.size), predicted].astype(np.float32),
@@ -187,7 +230,6 @@ def score_chunk(
         np.bincount(predicted, minlength=len(clf.classes)).astype(np.int64),
         int(idx.size), skipped, float(scores.sum()), float(scores.min()), float(scores.max()),
     )  # fmt: skip
-    return full.top(m)
 
 
 # -- sources ----------------------------------------------------------------------------------

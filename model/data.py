@@ -143,8 +143,10 @@ class Standardizer:
                 continue
             if name not in self.mean:
                 raise InvalidInputError("model was not trained with this modality", name)
-            z = (x - self.mean[name]) / self.std[name]
-            out[name] = np.where(m[:, None], z, np.float32(0.0)).astype(np.float32)
+            z = x - self.mean[name]  # one new array, then in place (the same values)
+            z /= self.std[name]
+            z[~m] = 0.0
+            out[name] = z.astype(np.float32, copy=False)
         return Views(out["image"], out["text"], views.image_mask, views.text_mask)
 
     def to_state(self) -> dict[str, list[float]]:

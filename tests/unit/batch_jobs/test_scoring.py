@@ -134,3 +134,28 @@ def test_sorted_contains_matches_isin():
     values = np.concatenate([keys[::7], rng.integers(0, 2**63, 300, dtype=np.uint64)])
     np.testing.assert_array_equal(sorted_contains(keys, values), np.isin(values, keys))
     assert not sorted_contains(np.zeros(0, np.uint64), values).any()
+
+
+def test_a_model_free_score_runs_the_model_on_kept_rows_only_and_keeps_the_same(
+    tiny_model, pool_views, monkeypatch
+):
+    eligible = np.random.default_rng(5).random(len(pool_views)) < 0.7
+    source = MemorySource(pool_views, eligible, CHUNK)
+    cfg = QueryConfig("random", 15, 6, "kmeans", True, sampling="power", temperature=0.5)
+    ref = source.refs()[1]
+
+    def chunk_result() -> Scored:
+        return score_chunk(tiny_model, source.load(ref), cfg, 9, SEED, source.key(ref))
+
+    fast = chunk_result()
+    strategies = dict(STRATEGIES) | {"random": replace(STRATEGIES["random"], reads_model=True)}
+    monkeypatch.setattr("batch_jobs.scoring.STRATEGIES", strategies)
+    full = chunk_result()
+    assert fast.rows.tolist() == full.rows.tolist()
+    assert np.array_equal(fast.scores, full.scores) and np.array_equal(fast.keys, full.keys)
+    assert fast.predicted.tolist() == full.predicted.tolist()
+    np.testing.assert_allclose(fast.features, full.features, rtol=1e-5, atol=1e-6)
+    assert (fast.scored, fast.score_sum, fast.score_max) == (
+        full.scored, full.score_sum, full.score_max
+    )  # fmt: skip
+    assert fast.histogram.sum() == 9 and full.histogram.sum() == fast.scored
