@@ -27,9 +27,9 @@ from model.registry import ModelRegistry
 from store.pool import Pool
 
 CONFIGS = {
-    "margin": QueryConfig("margin", 100),
+    "margin": QueryConfig("margin", 100, diversity=None, balance=False),
     "margin+kmeans+balance": QueryConfig("margin", 100, diversity="kmeans", balance=True),
-    "bald": QueryConfig("bald", 100),
+    "bald": QueryConfig("bald", 100, diversity=None, balance=False),
 }
 
 

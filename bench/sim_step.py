@@ -32,7 +32,7 @@ from model.data import Views
 from model.training import LabeledViews, TrainConfig, train_passive
 
 POLICIES = {
-    "margin": QueryConfig("margin", 100),
+    "margin": QueryConfig("margin", 100, diversity=None, balance=False),
     "margin+kmeans+balance": QueryConfig("margin", 100, diversity="kmeans", balance=True),
     "margin+power+kmeans+balance": QueryConfig(
         "margin", 100, diversity="kmeans", balance=True, sampling="power"

@@ -62,9 +62,17 @@ def test_cold_start_below_the_threshold_only(tiny_model, pool_views) -> None:
         ({"cold_start_labels": -1}, "cold_start_labels"),
         ({"cold_start_sample": 5}, "cold_start_sample"),
         ({"query_size": 0}, "query_size"),
+        ({"diversity": "clusters"}, "diversity"),
     ],
 )
 def test_bad_policy_settings_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         QueryConfig(**kwargs)
     assert err.value.field == field
+
+
+def test_default_policy_is_diverse_and_balanced_and_none_turns_diversity_off() -> None:
+    """The nightly default (chosen on the simulator) and the file spelling of "off"."""
+    default = QueryConfig()
+    assert (default.strategy, default.diversity, default.balance) == ("margin", "kmeans", True)
+    assert QueryConfig(diversity="none").diversity is None
