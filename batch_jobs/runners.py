@@ -21,13 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from batch_jobs.config import EngineConfig, QueryConfig
 from batch_jobs.scoring import Scored, Source, score_chunk
 from model.classifier import Classifier
 from model.registry import ModelRegistry
+from model.threads import set_threads
 
 
 @dataclass(frozen=True)
@@ -108,7 +108,7 @@ _WORKER: dict[str, Any] = {}
 
 
 def _init_worker(model: ModelRef, task: Task, threads: int) -> None:
-    torch.set_num_threads(threads)  # explicit per worker: N workers × threads = the cores used
+    set_threads(threads)  # explicit per worker: N workers × threads = the cores used
     _WORKER["clf"], _WORKER["task"] = model.load(), task
 
 
@@ -131,7 +131,7 @@ class _ScoreActor:
     """One model per actor; a batch is one chunk ref, the output one pickled candidate set."""
 
     def __init__(self, model: ModelRef, task: Task, refs: list[Any], threads: int) -> None:
-        torch.set_num_threads(threads)
+        set_threads(threads)
         self.clf, self.task, self.refs = model.load(), task, refs
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -24,8 +24,9 @@ import numpy as np
 from acquisition.scores import STRATEGIES
 from acquisition.stochastic import perturb
 from batch_jobs.config import QueryConfig
-from model.classifier import Classifier
+from model.classifier import Classifier, Predictions
 from model.data import Views
+from model.folded import FoldedClassifier
 from store.pool import ChunkRef, Pool, sorted_contains
 
 
@@ -149,7 +150,10 @@ def score_views(
     """`(scores (n,), probs (n, C), features (n, F))`; F = 0 without diversity."""
     strategy = STRATEGIES[cfg.strategy]
     need_features = cfg.diversity is not None
-    pred = clf.predict(views, with_features=need_features, with_heads=strategy.needs_heads)
+    if clf.net_config.family == "trident" and not strategy.needs_heads:
+        pred = _folded_predict(clf, views, need_features)  # ~1.6x the module walk (README)
+    else:
+        pred = clf.predict(views, with_features=need_features, with_heads=strategy.needs_heads)
     if strategy.needs_mc:
         scores = strategy.score(clf.predict_mc(views, cfg.mc_samples, score_rng), score_rng)
     elif strategy.needs_heads:
@@ -159,6 +163,16 @@ def score_views(
     scores = perturb(scores, strategy.floor, cfg.sampling, cfg.temperature, score_rng)
     feats = pred.features if pred.features is not None else np.empty((len(views), 0), np.float32)
     return scores, pred.probs, feats
+
+
+def _folded_predict(clf: Classifier, views: Views, with_features: bool) -> Predictions:
+    """`clf.predict(views, with_features)` through `FoldedClassifier` (the served path)."""
+    folded = FoldedClassifier(clf)  # folded per call: `clf` may be fine-tuned in between
+    if with_features:
+        probs, head, feats = folded.predict_with_features(views)
+        return Predictions(probs, head, feats)
+    probs, head = folded.predict(views)
+    return Predictions(probs, head)
 
 
 def score_chunk(

@@ -21,7 +21,6 @@ from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm import tqdm
 
 from acquisition.scores import STRATEGIES
@@ -36,6 +35,7 @@ from batch_jobs.sim_report import summarise, write_outputs
 from batch_jobs.stopping import stability
 from model.classifier import Classifier
 from model.evaluation import evaluate_model, rare_classes
+from model.threads import set_threads
 from model.training import LabeledViews, TrainConfig
 from postclf_errors import InvalidInputError
 
@@ -559,7 +559,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parse_args(argv)
     cfg = build_config(args)
     if args.threads:
-        torch.set_num_threads(args.threads)
+        set_threads(args.threads)
     ds = load_dataset(cfg.dataset, args.data_dir)
     args.out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()

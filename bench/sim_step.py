@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from batch_jobs.config import QueryConfig
 from batch_jobs.datasets import read_arrays
 from batch_jobs.policy import propose_in_memory
 from bench.nightly import DATA, resample_pool
 from model.data import Views
+from model.threads import set_threads
 from model.training import LabeledViews, TrainConfig, train_passive
 
 POLICIES = {
@@ -55,7 +55,7 @@ def main() -> None:
     p.add_argument("--out", type=Path, default=Path("bench/results/sim_step.json"))
     p.add_argument("--only", help="comma list of policy names to time (default: all)")
     args = p.parse_args()
-    torch.set_num_threads(1)
+    set_threads(1)
     npz = read_arrays(Path(DATA))
     tr = np.flatnonzero(npz["split"] == "train")
     rows = np.random.default_rng(0).choice(tr, 500, replace=False)

@@ -181,20 +181,37 @@ class FoldedClassifier:
         An input large enough to overflow gives non-finite rows, silently (the server rejects
         them by name), as the torch path does."""
         with np.errstate(over="ignore", invalid="ignore"):
-            return self._predict(views)
+            probs, head, _ = self._predict(views)
+        return probs, head
 
-    def _predict(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
+    def predict_with_features(self, views: Views) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """`predict` plus the diversity features `(n, F)`: each branch's output side by side,
+        zeros where its view is missing (`Classifier.predict(with_features=True)`'s)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            probs, head, z = self._predict(views)
+        parts = []
+        for name, branch in self.branches.items():  # image, then text: the network's order
+            scale, shift = branch.out
+            part = np.zeros((len(head), scale.shape[0]), F32)
+            if name in z:
+                rows, zb = z[name]
+                part[rows] = zb * scale.astype(F32) + shift.astype(F32)
+            parts.append(part)
+        return probs, head, np.concatenate(parts, axis=1)
+
+    def _predict(self, views: Views) -> tuple[np.ndarray, np.ndarray, dict]:
+        """Probabilities, heads, and per branch (rows it ran on, its trunk output)."""
         check_dims(views, self.cfg)
         views = drop_unknown(views, self.cfg)
         head = head_per_row(views, self.cfg)
         fused = head == "fused"
+        z: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name → (rows, trunk output)
         if self.fused is not None and fused.all():  # the common case: no row selection at all
             assert views.image is not None and views.text is not None  # "fused" needs both
-            zi = self.branches["image"].trunk(views.image)
-            zt = self.branches["text"].trunk(views.text)
-            return softmax_(self.fused(zi, zt)), head
+            z["image"] = (fused, self.branches["image"].trunk(views.image))
+            z["text"] = (fused, self.branches["text"].trunk(views.text))
+            return softmax_(self.fused(z["image"][1], z["text"][1])), head, z
         out = np.empty((len(views), len(self.classes)), F32)
-        z: dict[str, tuple[np.ndarray, np.ndarray]] = {}  # name → (rows, trunk output)
         for name, branch in self.branches.items():
             rows = (head == name) | fused
             if rows.any():
@@ -211,4 +228,4 @@ class FoldedClassifier:
             pick_i = zi if fused.all() else zi[fused[ri]]
             pick_t = zt if fused.all() else zt[fused[rt]]
             out[fused] = softmax_(self.fused(pick_i, pick_t))
-        return out, head
+        return out, head, z

@@ -10,10 +10,8 @@ import signal
 import threading
 from pathlib import Path
 
-import torch
-from threadpoolctl import threadpool_limits
-
 from batch_jobs import faults
+from model.threads import set_threads
 from server.app import bootstrap_in_background, build_server
 from server.config import load_config
 from server.jobs import JOB_THREAD_PREFIX
@@ -41,10 +39,7 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_config(args.config, os.environ)
     setup_logging(cfg.log_level)
     if cfg.torch_threads > 0:  # process-wide, so only at the entry point
-        torch.set_num_threads(cfg.torch_threads)
-        # Classify's folded model runs on numpy's BLAS: the same budget (its default is a
-        # thread per core, which N processes × cores would oversubscribe).
-        threadpool_limits(cfg.torch_threads, user_api="blas")
+        set_threads(cfg.torch_threads)  # torch's and numpy's BLAS (the folded model)
     if cfg.processes > 1:
         cfg = dataclasses.replace(cfg, reuse_port=True)
     if PARENT_ENV in os.environ:  # a supervisor's child: never outlive it

@@ -93,3 +93,13 @@ def test_wrong_dimension_and_no_usable_view_are_rejected() -> None:
         folded.predict(Views.from_nan_rows(np.zeros((1, DI + 1), np.float32), None))
     with pytest.raises(InvalidInputError, match=r"posts\[0\]"):
         folded.predict(_mixed_views(3).take(np.array([1])))  # text only, no text branch
+
+
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(1, 2), slice(0, 30)])
+def test_features_equal_the_module_walks(rows: slice) -> None:
+    clf = _classifier("trident", DI, DT)
+    views = _mixed_views(30).take(rows)
+    expected = clf.predict(views, with_features=True)
+    probs, _, feats = FoldedClassifier(clf).predict_with_features(views)
+    np.testing.assert_allclose(probs, expected.probs, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(feats, expected.features, rtol=1e-4, atol=1e-5)
