@@ -150,10 +150,7 @@ def score_views(
     """`(scores (n,), probs (n, C), features (n, F))`; F = 0 without diversity."""
     strategy = STRATEGIES[cfg.strategy]
     need_features = cfg.diversity is not None
-    if clf.net_config.family == "trident" and not strategy.needs_heads:
-        pred = _folded_predict(clf, views, need_features)  # ~1.6x the module walk (README)
-    else:
-        pred = clf.predict(views, with_features=need_features, with_heads=strategy.needs_heads)
+    pred = _predict(clf, views, need_features, strategy.needs_heads)
     if strategy.needs_mc:
         scores = strategy.score(clf.predict_mc(views, cfg.mc_samples, score_rng), score_rng)
     elif strategy.needs_heads:
@@ -165,8 +162,11 @@ def score_views(
     return scores, pred.probs, feats
 
 
-def _folded_predict(clf: Classifier, views: Views, with_features: bool) -> Predictions:
-    """`clf.predict(views, with_features)` through `FoldedClassifier` (the served path)."""
+def _predict(clf: Classifier, views: Views, with_features: bool, with_heads: bool) -> Predictions:
+    """`clf.predict(views, with_features, with_heads)`; a trident without per-head outputs
+    goes through `FoldedClassifier` (the served path, ~1.6x the module walk, README)."""
+    if clf.net_config.family != "trident" or with_heads:
+        return clf.predict(views, with_features=with_features, with_heads=with_heads)
     folded = FoldedClassifier(clf)  # folded per call: `clf` may be fine-tuned in between
     if with_features:
         probs, head, feats = folded.predict_with_features(views)
@@ -215,7 +215,7 @@ def _score_model_free(
     scores = perturb(raw, strategy.floor, cfg.sampling, cfg.temperature, score_rng)  # (k,)
     keys = tie_rng.random(idx.size)
     best = np.lexsort((keys, -scores))[:m]  # (m,) the rows `Scored.top` keeps
-    pred = clf.predict(chunk.views.take(idx[best]), with_features=cfg.diversity is not None)
+    pred = _predict(clf, chunk.views.take(idx[best]), cfg.diversity is not None, False)
     feats = pred.features if pred.features is not None else np.empty((best.size, 0), np.float32)
     out = _scored(clf, chunk, idx[best], scores[best], keys[best], pred.probs, feats, skipped)
     out.scored = int(idx.size)

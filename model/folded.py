@@ -69,6 +69,17 @@ def _block(block: nn.Sequential, before: Affine) -> tuple[Dense, Affine]:
     return _linear(linear, before, relu=True), _bn_affine(bn)
 
 
+def _split_first(
+    linear: nn.Linear, zi: Affine, zt: Affine, relu: bool, temperature: float = 1.0
+) -> tuple[Dense, Dense]:
+    """A layer on `[image | text]` with each half's affine folded in, split into its image
+    half (carrying the bias) and its text half (bias zero), so no concatenation is needed."""
+    both = (np.concatenate([zi[0], zt[0]]), np.concatenate([zi[1], zt[1]]))
+    whole = _linear(linear, both, relu, temperature)
+    k = zi[0].shape[0]
+    return Dense(whole.w[:k], whole.b, relu), Dense(whole.w[k:], np.zeros_like(whole.b), relu)
+
+
 @dataclass(frozen=True)
 class Branch:
     """One modality: its trunk layers and the affine map its output still carries."""
@@ -146,20 +157,10 @@ class FoldedClassifier:
             zi, zt = self.branches["image"].out, self.branches["text"].out
             linear, bn = net.fused_in[0], net.fused_in[2]
             assert isinstance(linear, nn.Linear) and isinstance(bn, nn.BatchNorm1d)
-            first_image, first_text = self._fused_first(linear, zi, zt)
+            first_image, first_text = _split_first(linear, zi, zt, relu=True)
             second, after_mid = _block(net.fused_mid, _bn_affine(bn))
             last = _linear(net.fused_head, after_mid, relu=False, temperature=t.get("fused", 1.0))
             self.fused = Fused(first_image, first_text, (second, last))
-
-    @staticmethod
-    def _fused_first(linear: nn.Linear, zi: Affine, zt: Affine) -> tuple[Dense, Dense]:
-        both = (np.concatenate([zi[0], zt[0]]), np.concatenate([zi[1], zt[1]]))
-        whole = _linear(linear, both, relu=True)
-        k = zi[0].shape[0]
-        return (
-            Dense(whole.w[:k], whole.b, relu=True),
-            Dense(whole.w[k:], np.zeros_like(whole.b), relu=True),
-        )
 
     def _fold_linear(self, net: LinearSoftmax, inputs: dict[str, Affine], t: dict) -> None:
         for name, head in (("image", net.image_head), ("text", net.text_head)):
@@ -168,12 +169,10 @@ class FoldedClassifier:
                 self.branches[name] = Branch((), inputs[name], folded)
         self.fused = None
         if net.fused_head is not None:
-            zi, zt = inputs["image"], inputs["text"]
-            both = (np.concatenate([zi[0], zt[0]]), np.concatenate([zi[1], zt[1]]))
-            whole = _linear(net.fused_head, both, relu=False, temperature=t.get("fused", 1.0))
-            k = zi[0].shape[0]
-            first_text = Dense(whole.w[k:], np.zeros_like(whole.b), relu=False)
-            self.fused = Fused(Dense(whole.w[:k], whole.b, relu=False), first_text, ())
+            image, text = _split_first(
+                net.fused_head, inputs["image"], inputs["text"], False, t.get("fused", 1.0)
+            )
+            self.fused = Fused(image, text, ())
 
     def predict(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
         """Calibrated probabilities of the head serving each row `(n, C)`, and that head `(n,)`.
