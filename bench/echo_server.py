@@ -1,15 +1,17 @@
 """A bare gRPC server with postclf's Classify signature and server settings, answering at once.
 
-The yardstick of bench/serving.py: the same grpcio, the same thread pool size and message
-options, the same proto; no interceptors, no validation, no model. Each reply holds one
-`Prediction` per post with only its id, so the response size grows with the call as ours does.
+The yardstick of bench/serving.py: the same grpcio, the same server kind (asyncio, as postclf's;
+`--threads` for the thread-pool server it replaced) and message options, the same proto; no
+interceptors, no validation, no model. Each reply holds one `Prediction` per post with only its
+id, so the response size grows with the call as ours does.
 
-    .venv/bin/python -m bench.echo_server --port 50099 [--workers 64]
+    .venv/bin/python -m bench.echo_server --port 50099 [--threads [--workers 64]]
 """
 
 from __future__ import annotations
 
 import argparse
+import asyncio
 from concurrent import futures
 
 import grpc
@@ -29,14 +31,34 @@ class Echo(pb_grpc.PostClassifierServicer):
         )
 
 
+class AsyncEcho(pb_grpc.PostClassifierServicer):
+    async def Classify(
+        self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
+    ) -> pb.ClassifyResponse:
+        return pb.ClassifyResponse(
+            predictions=[pb.Prediction(post_id=p.post_id) for p in request.posts]
+        )
+
+
+OPTIONS = [
+    ("grpc.max_receive_message_length", MAX_MESSAGE),
+    ("grpc.max_send_message_length", MAX_MESSAGE),
+    ("grpc.so_reuseport", 0),
+]
+
+
+async def serve_aio(port: int) -> None:
+    server = grpc.aio.server(options=OPTIONS)
+    pb_grpc.add_PostClassifierServicer_to_server(AsyncEcho(), server)
+    server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    await server.wait_for_termination()
+
+
 def serve(port: int, workers: int) -> None:
     server = grpc.server(
         futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="grpc"),
-        options=[
-            ("grpc.max_receive_message_length", MAX_MESSAGE),
-            ("grpc.max_send_message_length", MAX_MESSAGE),
-            ("grpc.so_reuseport", 0),
-        ],
+        options=OPTIONS,
     )
     pb_grpc.add_PostClassifierServicer_to_server(Echo(), server)
     server.add_insecure_port(f"127.0.0.1:{port}")
@@ -47,9 +69,13 @@ def serve(port: int, workers: int) -> None:
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__)
     p.add_argument("--port", type=int, required=True)
-    p.add_argument("--workers", type=int, default=64)
+    p.add_argument("--threads", action="store_true", help="the thread-pool server")
+    p.add_argument("--workers", type=int, default=64, help="with --threads")
     args = p.parse_args()
-    serve(args.port, args.workers)
+    if args.threads:
+        serve(args.port, args.workers)
+    else:
+        asyncio.run(serve_aio(args.port))
 
 
 if __name__ == "__main__":

@@ -48,9 +48,11 @@ CELLS = (
     (64, 64, False),
 )
 # mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms);
-# "echo" = the bare server; "postclf-linger20" gathers Classify pool entries for 20 ms.
+# "echo" = the bare asyncio server (postclf's kind: the yardstick), "echo-threads" the bare
+# thread-pool server postclf used before; "postclf-linger20" gathers pool entries for 20 ms.
 MODES = {
     "echo": None,
+    "echo-threads": None,
     "postclf": ("256", "2", 1, "0"),
     "postclf-linger20": ("256", "2", 1, "20"),
     "postclf-2proc": ("256", "2", 2, "0"),
@@ -238,6 +240,7 @@ def _start_server(
     settings = MODES[mode]
     if settings is None:
         cmd = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
+        cmd += ["--threads"] if mode == "echo-threads" else []
         proc = subprocess.Popen(cmd, cwd=ROOT)
         _wait_listening(port, proc)
         return proc
@@ -342,7 +345,7 @@ def print_cells(med: dict[tuple, dict]) -> None:
     print("| " + " | ".join(head) + " |")
     print("|" + "---|" * len(head))
     for (mode, batch, conc, skip), m in med.items():
-        pool = "—" if mode == "echo" else ("skip" if skip else "on")
+        pool = "—" if mode.startswith("echo") else ("skip" if skip else "on")
         print(
             f"| {mode} | {batch} | {conc} | {pool} | {m['calls_per_s']:,.0f} | "
             f"{m['posts_per_s']:,.0f} | {m['p50_ms']:.2f} | {m['p99_ms']:.2f} | "
@@ -366,6 +369,8 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
     return {
         "1post_calls_per_s_vs_echo (target >= 0.7)": one["calls_per_s"] / echo1["calls_per_s"],
         "1post_skip_pool_calls_per_s_vs_echo": one_skip["calls_per_s"] / echo1["calls_per_s"],
+        "1post_calls_per_s_vs_thread_pool_echo": one["calls_per_s"]
+        / med[("echo-threads", 1, 64, False)]["calls_per_s"],
         "1post_p99_vs_echo (target <= 2)": one["p99_ms"] / echo1["p99_ms"],
         "64post_posts_per_s_vs_predict_at_64 (target >= 0.8)": big / predict64["folded"],
         "64post_skip_pool_posts_per_s_vs_predict_at_64": med[("postclf", 64, 8, True)][

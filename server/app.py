@@ -1,7 +1,12 @@
-"""Build and start the whole server in one function; `App.stop()` shuts it down gracefully."""
+"""Build and start the whole server in one function; `App.stop()` shuts it down gracefully.
+
+gRPC runs as its asyncio server on an event loop in a thread of its own (`ServerLoop`), so the
+rest of the process (jobs, scheduler, model watcher, pool writer, tests) stays plain threads.
+"""
 
 from __future__ import annotations
 
+import asyncio
 import functools
 import logging
 import threading
@@ -13,6 +18,7 @@ from typing import Any
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_health.v1._async import HealthServicer  # health.aio's, the asyncio servicer
 from grpc_reflection.v1alpha import reflection
 
 from batch_jobs import faults as fault_points
@@ -45,10 +51,12 @@ class App:
     """A running server and everything it owns."""
 
     cfg: ServerConfig
-    server: grpc.Server
+    loop: ServerLoop
+    server: grpc.aio.Server
     port: int
-    health: health.HealthServicer
+    health: HealthServicer
     service: PostService
+    blocking: futures.ThreadPoolExecutor
     metrics_port: int | None = None
     metrics_httpd: Any = None
     scheduler: Any = None
@@ -65,12 +73,12 @@ class App:
         self._stopped.set()
         grace = self.cfg.grace_s if grace is None else grace
         log.info("event=shutdown_started grace_s=%s", grace)
-        self.health.enter_graceful_shutdown()
+        self.loop.run(self.health.enter_graceful_shutdown())
         # Jobs first: from here on none promotes, and their callers get UNAVAILABLE now
         # instead of holding the grace period (their threads die with the process).
         self.service.jobs.scope.close()
         fault_points.shutdown_began()  # after close(): a `term` fault point resumes cancelled
-        self.server.stop(grace).wait()
+        self.loop.run(self.server.stop(grace))
         if self.scheduler is not None:
             self.scheduler.shutdown(wait=False)
         svc = self.service
@@ -78,7 +86,8 @@ class App:
         if cancelled:
             log.warning("event=jobs_cancelled jobs=%s", cancelled)
         svc.holder.stop()
-        svc.batcher.stop()
+        self.loop.close()
+        self.blocking.shutdown(wait=False, cancel_futures=True)  # jobs were cancelled above
         svc.writer.close()  # drains queued pool writes, then flushes the pool buffer
         svc.ledger.close()
         if self.metrics_httpd is not None:
@@ -87,13 +96,39 @@ class App:
         log.info("event=shutdown_done pool_posts=%d", len(svc.pool))
 
     def wait(self) -> None:
-        self.server.wait_for_termination()
+        self._stopped.wait()
 
 
-def _grpc_server(cfg: ServerConfig, metrics: Metrics) -> grpc.Server:
+class ServerLoop:
+    """An asyncio event loop running in its own daemon thread; `run` waits for a coroutine."""
+
+    def __init__(self) -> None:
+        self.loop = asyncio.new_event_loop()
+        self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
+        self.thread.start()
+
+    def run(self, coro: Any, timeout: float | None = None) -> Any:
+        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def submit(self, coro: Any) -> Any:
+        """Schedule `coro` and wait for it, unless called on the loop itself (then only
+        schedule it: waiting there would deadlock). Calls run in the order submitted."""
+        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
+        if threading.current_thread() is not self.thread:
+            future.result(10)
+        return future
+
+    def close(self) -> None:
+        if self.thread.is_alive():
+            self.loop.call_soon_threadsafe(self.loop.stop)
+            self.thread.join(10)
+        if not self.loop.is_running():
+            self.loop.close()
+
+
+def _grpc_server(cfg: ServerConfig, metrics: Metrics) -> grpc.aio.Server:
     size = cfg.limits.max_message_bytes
-    return grpc.server(
-        futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc"),
+    return grpc.aio.server(
         interceptors=[
             MetricsInterceptor(metrics),
             TokenAuthInterceptor(cfg.auth, admin_refusal(cfg)),
@@ -106,7 +141,7 @@ def _grpc_server(cfg: ServerConfig, metrics: Metrics) -> grpc.Server:
     )
 
 
-def _bind(server: grpc.Server, cfg: ServerConfig) -> int:
+def _bind(server: grpc.aio.Server, cfg: ServerConfig) -> int:
     address = f"{cfg.host}:{cfg.grpc_port}"
     tls = cfg.tls
     if tls.enabled:
@@ -126,12 +161,16 @@ def _bind(server: grpc.Server, cfg: ServerConfig) -> int:
 
 
 def _register(
-    server: grpc.Server, service: PostService, hs: health.HealthServicer, cfg: ServerConfig
-) -> grpc.Server:
+    server: grpc.aio.Server,
+    service: PostService,
+    hs: HealthServicer,
+    cfg: ServerConfig,
+    blocking: futures.Executor,
+) -> grpc.aio.Server:
     pb_grpc.add_PostClassifierServicer_to_server(
-        PostClassifierServicer(service, cfg.limits), server
+        PostClassifierServicer(service, cfg.limits, blocking), server
     )
-    pb_grpc.add_AdminServicer_to_server(AdminServicer(service), server)
+    pb_grpc.add_AdminServicer_to_server(AdminServicer(service, blocking), server)
     health_pb2_grpc.add_HealthServicer_to_server(hs, server)
     reflection.enable_server_reflection(
         (*SERVICE_NAMES, health.SERVICE_NAME, reflection.SERVICE_NAME), server
@@ -139,33 +178,56 @@ def _register(
     return server
 
 
-def _on_model(health_servicer: health.HealthServicer, metrics: Metrics) -> Any:
+async def _set_health(hs: HealthServicer, status: Any) -> None:
+    for name in ("", *SERVICE_NAMES):
+        await hs.set(name, status)
+
+
+def _on_model(loop: ServerLoop, hs: HealthServicer, metrics: Metrics) -> Any:
     def changed(model: ServedModel) -> None:
         metrics.model.info({"version": model.version})
-        for name in ("", *SERVICE_NAMES):
-            health_servicer.set(name, SERVING)
+        loop.submit(_set_health(hs, SERVING))
 
     return changed
 
 
 def _build_service(
-    cfg: ServerConfig, paths: Paths, jobs: Jobs, metrics: Metrics, hs: Any
+    cfg: ServerConfig,
+    paths: Paths,
+    jobs: Jobs,
+    metrics: Metrics,
+    on_change: Any,
+    blocking: futures.Executor,
 ) -> PostService:
     jc = jobs.cfg
     ledger, pool = open_ledger(paths, jc), open_pool(paths, jc)
     metrics.pool_size.set_function(lambda: len(pool))
     registry = ModelRegistry(paths.models)
-    holder = ModelHolder(registry, cfg.model_poll_s, on_change=_on_model(hs, metrics))
+    holder = ModelHolder(registry, cfg.model_poll_s, on_change=on_change)
     return PostService(
         holder=holder,
         registry=registry,
-        batcher=Batcher(holder, cfg.batcher, metrics),
+        batcher=Batcher(holder, cfg.batcher, metrics, blocking),
         writer=PoolWriter(pool, ledger, metrics, cfg.pool_queue_batches, cfg.pool_linger_ms / 1000),
         ledger=ledger,
         pool=pool,
         metrics=metrics,
         jobs=jobs,
     )
+
+
+async def _start(
+    cfg: ServerConfig,
+    metrics: Metrics,
+    service: PostService,
+    hs: HealthServicer,
+    blocking: futures.Executor,
+) -> tuple[grpc.aio.Server, int]:
+    """Created on the loop: gRPC's asyncio server binds to the loop it is created on."""
+    server = _register(_grpc_server(cfg, metrics), service, hs, cfg, blocking)
+    port = _bind(server, cfg)
+    await server.start()
+    return server, port
 
 
 def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
@@ -175,17 +237,25 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     recovered = jobs.recover()  # a job killed in an earlier life: its run, lease, temp files
     log.info("event=recovered leases=%s", recovered)
     metrics = Metrics()
-    hs = health.HealthServicer(experimental_non_blocking=True)
-    for name in ("", *SERVICE_NAMES):
-        hs.set(name, NOT_SERVING)
-    service = _build_service(cfg, paths, jobs, metrics, hs)
+    loop = ServerLoop()
+    hs = HealthServicer()
+    loop.run(_set_health(hs, NOT_SERVING))
+    # Blocking RPC work (labels, ingest, jobs) and single calls above max_batch posts.
+    blocking = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc")
+    service = _build_service(cfg, paths, jobs, metrics, _on_model(loop, hs, metrics), blocking)
     # Load an existing model before listening: a process sharing the port (reuse_port) must
     # not take calls it cannot answer. With an empty registry this returns at once.
     service.holder.start()
-    server = _register(_grpc_server(cfg, metrics), service, hs, cfg)
-    port = _bind(server, cfg)
-    server.start()
-    app = App(cfg=cfg, server=server, port=port, health=hs, service=service)
+    server, port = loop.run(_start(cfg, metrics, service, hs, blocking))
+    app = App(
+        cfg=cfg,
+        loop=loop,
+        server=server,
+        port=port,
+        health=hs,
+        service=service,
+        blocking=blocking,
+    )
     if cfg.metrics_port is not None:
         app.metrics_httpd, app.metrics_port = metrics.serve(
             cfg.metrics_host.strip("[]"), cfg.metrics_port

@@ -34,8 +34,8 @@ def group_of(method: str) -> str | None:
 
 
 def _deny(code: grpc.StatusCode, message: str) -> grpc.RpcMethodHandler:
-    def abort(request: Any, context: grpc.ServicerContext) -> None:
-        context.abort(code, message)
+    async def abort(request: Any, context: grpc.aio.ServicerContext) -> None:
+        await context.abort(code, message)
 
     return grpc.unary_unary_rpc_method_handler(abort)
 
@@ -47,7 +47,7 @@ def _bearer(metadata: Any) -> str | None:
     return None
 
 
-class TokenAuthInterceptor(grpc.ServerInterceptor):
+class TokenAuthInterceptor(grpc.aio.ServerInterceptor):
     def __init__(self, cfg: AuthConfig, admin_refusal: str | None = None) -> None:
         self.tokens = {
             "classify": cfg.classify_token,
@@ -60,16 +60,16 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
     def active(self) -> bool:
         return any(self.tokens.values())
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
         group = group_of(handler_call_details.method)
         if group == "admin" and self.admin_refusal:
             return _deny(grpc.StatusCode.PERMISSION_DENIED, self.admin_refusal)
         expected = self.tokens.get(group) if group else None
         if not expected:
-            return continuation(handler_call_details)
+            return await continuation(handler_call_details)
         token = _bearer(handler_call_details.invocation_metadata)
         if token is None:
             return _deny(grpc.StatusCode.UNAUTHENTICATED, f"a bearer token is required ({group})")
         if not hmac.compare_digest(token.encode(), expected.encode()):
             return _deny(grpc.StatusCode.PERMISSION_DENIED, f"token not valid for {group} calls")
-        return continuation(handler_call_details)
+        return await continuation(handler_call_details)

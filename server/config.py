@@ -25,6 +25,9 @@ class BatcherConfig:
 
     max_batch: int = 256  # posts merged into one forward pass (one bigger call is still one batch)
     max_delay_ms: float = 2.0  # longest a call waits for others to join its batch
+    # Event-loop iterations in a row with no new call before a batch runs (server/batcher.py):
+    # more gathers bigger batches under load, and delays a lone call by as many iterations.
+    quiet_ticks: int = 16
 
     @property
     def enabled(self) -> bool:
@@ -123,6 +126,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_FAULT_POINTS": ("", "fault_points"),
     "POSTCLF_MAX_BATCH": ("batcher", "max_batch"),
     "POSTCLF_MAX_DELAY_MS": ("batcher", "max_delay_ms"),
+    "POSTCLF_QUIET_TICKS": ("batcher", "quiet_ticks"),
     "POSTCLF_MAX_POSTS_PER_CALL": ("limits", "max_posts_per_call"),
     "POSTCLF_MAX_LABELS_PER_CALL": ("limits", "max_labels_per_call"),
     "POSTCLF_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),
@@ -181,8 +185,12 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     built = {
         name: build_config(cls, sections[name], name, _coerce) for name, cls in SECTIONS.items()
     }
+    if not 0 <= built["batcher"].quiet_ticks <= MAX_QUIET_TICKS:
+        raise InvalidInputError(f"must be in [0, {MAX_QUIET_TICKS}]", "batcher.quiet_ticks")
     return dataclasses.replace(top, jobs=jobs, **built)
 
+
+MAX_QUIET_TICKS = 100_000
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 

@@ -48,27 +48,27 @@ def status_for(exc: BaseException) -> grpc.StatusCode | None:
 
 
 def grpc_errors(method: F) -> F:
-    """Wrap a servicer method: domain errors leave via `context.abort` with their status code.
+    """Wrap an async servicer method: domain errors leave via `context.abort` with their status.
 
     InvalidInputError also names the field in the trailing metadata `postclf-field`. Anything
     unexpected is logged with its traceback and leaves as INTERNAL without internals.
     """
 
     @functools.wraps(method)
-    def wrapper(self: Any, request: Any, context: grpc.ServicerContext) -> Any:
+    async def wrapper(self: Any, request: Any, context: grpc.aio.ServicerContext) -> Any:
         try:
-            return method(self, request, context)
+            return await method(self, request, context)
         except Exception as exc:
             code = status_for(exc)
             if code is None:
                 if _is_abort(exc):
                     raise
                 log.exception("event=unhandled_error method=%s", method.__name__)
-                context.abort(grpc.StatusCode.INTERNAL, "internal error")
+                await context.abort(grpc.StatusCode.INTERNAL, "internal error")
             field = getattr(exc, "field", "")
             if field:
                 context.set_trailing_metadata(((FIELD_METADATA_KEY, field),))
-            context.abort(code, str(exc) or type(exc).__name__)
+            await context.abort(code, str(exc) or type(exc).__name__)
 
     return wrapper  # type: ignore[return-value]
 

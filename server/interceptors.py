@@ -18,19 +18,20 @@ def _method_name(full: str) -> str:
 MAX_CACHED_HANDLERS = 64  # timed twins kept (one per method; refusals are not kept past it)
 
 
-class MetricsInterceptor(grpc.ServerInterceptor):
+class MetricsInterceptor(grpc.aio.ServerInterceptor):
     """Counts unary calls by method and final status code and times them.
 
-    The interceptor runs on gRPC's one polling thread for every call, so the timed handler is
-    built once per method handler and reused, with its metric children looked up once: the
-    per-call work is two dict reads and the measurement itself."""
+    The interceptor runs on the event loop for every call, so the timed handler is built once
+    per method handler and reused, with its metric children looked up once: the per-call work
+    is two dict reads and the measurement itself. Every unary handler of this server is async
+    (servicer.py, and gRPC's asyncio health and reflection servicers)."""
 
     def __init__(self, metrics: Metrics) -> None:
         self.metrics = metrics
         self._timed: dict[grpc.RpcMethodHandler, grpc.RpcMethodHandler] = {}
 
-    def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
-        handler = continuation(handler_call_details)
+    async def intercept_service(self, continuation: Callable, handler_call_details: Any) -> Any:
+        handler = await continuation(handler_call_details)
         if handler is None or handler.unary_unary is None:
             return handler
         timed = self._timed.get(handler)
@@ -46,11 +47,11 @@ class MetricsInterceptor(grpc.ServerInterceptor):
         requests = self.metrics.requests
         counters: dict[grpc.StatusCode, Any] = {}  # status code → its counter child
 
-        def behavior(request: Any, context: grpc.ServicerContext) -> Any:
+        async def behavior(request: Any, context: grpc.aio.ServicerContext) -> Any:
             start = time.perf_counter()
             code = grpc.StatusCode.UNKNOWN
             try:
-                response = inner(request, context)
+                response = await inner(request, context)
                 code = context.code() or grpc.StatusCode.OK
                 return response
             except BaseException:

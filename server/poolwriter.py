@@ -2,22 +2,22 @@
 
 Every call's posts are queued to one background thread that merges what is queued into one
 durable write (`store.posts.record_posts`: pool fsync, then ledger commit), so concurrent calls
-share the fsyncs. When only best-effort (Classify) calls are queued, the thread lingers up to
-`linger_s` for more before writing: a durable group write has a fixed cost (two fsyncs, one
-transaction) that 1-post calls would otherwise pay one or two at a time; an IngestPosts call
-ends the wait at once. `submit` returns a future that resolves once the call's posts are durable:
-IngestPosts waits on it before replying; Classify does not (its pool entry is best effort: a
-crash loses at most what was queued, never leaving the two stores inconsistent). A full queue
-makes callers wait (back-pressure, never a drop); `sync()` waits for everything submitted so
-far; `close()` drains the queue.
+share the fsyncs. When only best-effort (Classify) calls are queued, the thread sleeps up to
+`linger_s` before writing: a durable group write has a fixed cost (two fsyncs, one transaction)
+that 1-post calls would otherwise pay one or two at a time, and the thread wakes once per
+linger instead of once per call. An IngestPosts call, `sync()` or a full queue ends the sleep.
+`submit` returns a future that resolves once the call's posts are durable: IngestPosts waits on
+it before replying; Classify does not (its pool entry is best effort: a crash loses at most what
+was queued, never leaving the two stores inconsistent). A full queue makes callers wait
+(back-pressure, never a drop); `sync()` waits for everything submitted so far; `close()` drains
+the queue.
 """
 
 from __future__ import annotations
 
 import logging
-import queue
 import threading
-import time
+from collections import deque
 from concurrent.futures import Future
 from dataclasses import dataclass, field
 
@@ -86,64 +86,96 @@ class PoolWriter:
         linger_s: float = 0.0,
     ) -> None:
         self.pool, self.ledger, self.metrics = pool, ledger, metrics
-        self.linger_s = linger_s
-        self._queue: queue.Queue[object] = queue.Queue(maxsize=max_pending)
-        self._cond = threading.Condition()
+        self.linger_s, self.max_pending = linger_s, max_pending
+        # The hot path (submit, on the event loop) takes no lock the writer thread also takes:
+        # a deque append is atomic, and the writer only pops. A lock shared with the writer
+        # made every 1-post Classify wait for a GIL hand-off whenever the writer held it.
+        self._items: deque[object] = deque()
+        self._submit_lock = threading.Lock()  # submitters only: seq order == deque order
         self._submitted = 0
+        self._idle = False  # the writer is about to sleep or sleeps on `_wake`
+        self._wake = threading.Event()  # something was queued while the writer was idle
+        self._urgent = threading.Event()  # ends a linger early
+        self._space = threading.Condition()  # submitters blocked on a full queue
+        self._cond = threading.Condition()  # guards `_done`; sync() waits on it
         self._done = 0
+        # Read at scrape time: a gauge bumped per call would be one more shared lock.
+        metrics.pool_pending.set_function(lambda: self._submitted - self._done)
         self._thread = threading.Thread(target=self._loop, name="pool-writer", daemon=True)
         self._thread.start()
 
     def submit(self, batch: PoolBatch) -> Future[int]:
-        """Queue a call's posts; the future resolves once they are durable (or fails)."""
-        with self._cond:
-            self._submitted += 1
-        self._queue.put(batch)  # blocks when full: back-pressure, never a silent drop
-        self.metrics.pool_pending.inc()
+        """Queue a call's posts; the future resolves once they are durable (or fails).
+
+        A full queue blocks the caller until the writer catches up: back-pressure, never a drop."""
+        if len(self._items) >= self.max_pending:
+            self._urgent.set()
+            with self._space:
+                self._space.wait_for(lambda: len(self._items) < self.max_pending)
+        self._put(batch, urgent=batch.source != "classify")
         return batch.done
+
+    def _put(self, item: object, urgent: bool) -> None:
+        with self._submit_lock:
+            self._submitted += 1
+            self._items.append(item)
+        if urgent:
+            self._urgent.set()  # somebody waits on it: no linger
+        if self._idle:  # appended first, checked second: the writer cannot miss it
+            self._wake.set()
 
     def sync(self, timeout: float | None = 30.0) -> bool:
         """Wait until every batch submitted before this call is written (or failed)."""
+        target = self._submitted
+        self._urgent.set()  # somebody waits: end a linger now
         with self._cond:
-            target = self._submitted
             return self._cond.wait_for(lambda: self._done >= target, timeout)
 
     def close(self) -> None:
         """Write everything queued, stop the thread, close the pool's open segments."""
         if self._thread.is_alive():
-            self._queue.put(_STOP)
+            self._put(_STOP, urgent=True)
             self._thread.join()
         self.pool.close()
 
-    def _take(self) -> tuple[list[PoolBatch], bool]:
-        first = self._queue.get()
-        if first is _STOP:
-            return [], True
-        taken: list[PoolBatch] = [first]  # type: ignore[list-item]
-        close_at = time.monotonic() + self.linger_s
-        best_effort = first.source == "classify"  # type: ignore[attr-defined]
-        while len(taken) < MAX_COALESCE:
-            # Linger only while everything taken is best effort (nobody waits on it).
-            wait = close_at - time.monotonic() if best_effort else 0.0
-            try:
-                item = self._queue.get(timeout=wait) if wait > 0 else self._queue.get_nowait()
-            except queue.Empty:
-                break
+    def _wait_for_work(self) -> None:
+        while not self._items:  # a stale wake-up finds it empty and sleeps again
+            self._idle = True  # set first, checked by submitters after their append
+            if not self._items:
+                self._wake.wait()
+            self._wake.clear()  # an item appended since is in the deque: seen above
+        self._idle = False
+        first = self._items[0]
+        if isinstance(first, PoolBatch) and first.source == "classify" and self.linger_s > 0:
+            # Sleep through the linger instead of waking per queued entry; only an ingest
+            # (somebody waits on it), sync(), a full queue or close() ends it early.
+            self._urgent.wait(self.linger_s)
+        self._urgent.clear()
+
+    def _take(self) -> tuple[list[PoolBatch], bool, int]:
+        """Queued batches (at most MAX_COALESCE), whether stop was asked, items popped."""
+        self._wait_for_work()
+        taken: list[PoolBatch] = []
+        popped, stopping = 0, False
+        while self._items and len(taken) < MAX_COALESCE:
+            item = self._items.popleft()
+            popped += 1
             if item is _STOP:
-                return taken, True
+                stopping = True
+                break
             taken.append(item)  # type: ignore[arg-type]
-            best_effort = best_effort and item.source == "classify"  # type: ignore[attr-defined]
-        return taken, False
+        with self._space:
+            self._space.notify_all()
+        return taken, stopping, popped
 
     def _loop(self) -> None:
         while True:
-            taken, stopping = self._take()
+            taken, stopping, popped = self._take()
             for group in _groups(taken):
                 self._write(group)
             with self._cond:
-                self._done += len(taken)
+                self._done += popped
                 self._cond.notify_all()
-            self.metrics.pool_pending.dec(len(taken))
             if stopping:
                 return
 

@@ -35,13 +35,16 @@ class PostService:
     metrics: Metrics
     jobs: Jobs
 
-    def classify(
+    async def classify(
         self, post_ids: np.ndarray, views: Views, deadline: float | None, skip_pool: bool
     ) -> BatchResult:
-        """Predict `(n,)` posts with one model version; queue them for the pool unless skipped."""
+        """Predict `(n,)` posts with one model version; queue them for the pool unless skipped.
+
+        Runs on the server's event loop (the batcher lives there); every other call here is
+        blocking and runs on a worker thread."""
         if not skip_pool:
             self.pool.check(views)  # the pool's bounds, before any work is acknowledged
-        result = self.batcher.predict(views, deadline)
+        result = await self.batcher.predict(views, deadline)
         finite = np.isfinite(result.probs).all(axis=1)  # (n,)
         if not finite.all():  # rows are independent (BN in eval mode): name the first bad post
             raise InvalidInputError(

@@ -34,6 +34,8 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
         ("POSTCLF_BOOTSTRAP_UNLABELED_SHARE", "1.0", "config.bootstrap_unlabeled_share"),
         ("POSTCLF_POOL_LINGER_MS", "-1", "config.pool_linger_ms"),
         ("POSTCLF_POOL_LINGER_MS", "5000", "config.pool_linger_ms"),
+        ("POSTCLF_QUIET_TICKS", "-1", "batcher.quiet_ticks"),
+        ("POSTCLF_QUIET_TICKS", "1000000", "batcher.quiet_ticks"),
     ],
 )
 def test_out_of_range_settings_name_their_key(var: str, value: str, field: str) -> None:

@@ -1,11 +1,13 @@
-"""Batcher without a network: merging, one model per batch, deadlines, max_batch, isolation."""
+"""Batcher without a network, on a real event loop: merging, one model per batch, deadlines,
+max_batch, big calls off the loop, cancellation, isolation."""
 
 from __future__ import annotations
 
+import asyncio
 import threading
 import time
 from collections.abc import Callable
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
@@ -16,32 +18,29 @@ from server.batcher import Batcher, BatchResult
 from server.config import BatcherConfig
 from server.metrics import Metrics
 from server.models import ServedModel
-from tests.conftest import wait_until
 
 N_CLASSES = 3
 
 
 class FakeClf:
-    """Row i gets class `int(image[i, 0]) % 3`. `hold()` makes the next predict wait for
-    `release`; `fail_if(views)` makes a predict raise."""
+    """Row i gets class `int(image[i, 0]) % 3`. `during(fn)` runs `fn` inside the next
+    predict (e.g. sleep there, as a slow batch would); `fail_if(views)` makes a predict raise."""
 
     def __init__(self) -> None:
         self.sizes: list[int] = []
-        self.release = threading.Event()
-        self.entered = threading.Event()
-        self._hold_next = False
+        self.threads: list[str] = []
+        self._during: Callable[[], None] | None = None
         self.fail_if: Callable[[Views], bool] = lambda v: False
 
-    def hold(self) -> None:
-        self._hold_next, self.release = True, threading.Event()
-        self.entered.clear()
+    def during(self, fn: Callable[[], None]) -> None:
+        self._during = fn
 
     def predict(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
         self.sizes.append(len(views))
-        hold, self._hold_next = self._hold_next, False
-        self.entered.set()
-        if hold:
-            assert self.release.wait(10), "the test never released the held batch"
+        self.threads.append(threading.current_thread().name)
+        fn, self._during = self._during, None
+        if fn is not None:
+            fn()
         if self.fail_if(views):
             raise RuntimeError("bad batch")
         assert views.image is not None
@@ -85,114 +84,155 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def make(holder: FakeHolder, metrics: Metrics):  # type: ignore[no-untyped-def]
-    made: list[Batcher] = []
+    pool = ThreadPoolExecutor(2, thread_name_prefix="big")
 
     def build(max_batch: int = 256, max_delay_ms: float = 1000.0) -> Batcher:
-        b = Batcher(holder, BatcherConfig(max_batch, max_delay_ms), metrics)  # type: ignore[arg-type]
-        made.append(b)
-        return b
+        cfg = BatcherConfig(max_batch, max_delay_ms)
+        return Batcher(holder, cfg, metrics, pool)  # type: ignore[arg-type]
 
     yield build
-    for b in made:
-        b.stop()
+    pool.shutdown()
 
 
-def behind_a_held_call(
-    batcher: Batcher, clf: FakeClf, calls: list[list[int]], deadline: float | None = None
-) -> tuple[Future, list[Future]]:
-    """Hold the worker in a first call, queue `calls` behind it; all their futures."""
-    clf.hold()
-    pool = ThreadPoolExecutor(len(calls) + 1)
-    first = pool.submit(batcher.predict, views_of([0]), None)
-    assert clf.entered.wait(10)
-    rest = [pool.submit(batcher.predict, views_of(c), deadline) for c in calls]
-    wait_until(lambda: batcher._queue.qsize() == len(calls))
-    pool.shutdown(wait=False)
-    return first, rest
+def run(coro):  # type: ignore[no-untyped-def]
+    return asyncio.run(asyncio.wait_for(coro, 10))
+
+
+async def together(batcher: Batcher, calls: list[list[int]], deadline: float | None = None):  # type: ignore[no-untyped-def]
+    """Calls issued in one loop iteration, as concurrent RPCs arrive; results or errors."""
+    tasks = [batcher.predict(views_of(c), deadline) for c in calls]
+    return await asyncio.gather(*tasks, return_exceptions=True)
 
 
 def test_lone_call_does_not_wait_for_the_window(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
     batcher = make(max_delay_ms=60_000)  # a lone caller that waited would time the test out
-    res = batcher.predict(views_of([1, 2]), None)
+    res = run(batcher.predict(views_of([1, 2]), None))
     assert labels(res) == [1, 2] and res.model.version == "v1"
-    assert clf.sizes == [2]
+    assert clf.sizes == [2] and clf.threads == [threading.current_thread().name]  # on the loop
 
 
-def test_queued_calls_merge_into_one_pass_and_split_back(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+def test_concurrent_calls_merge_into_one_pass_and_split_back(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
-    first, rest = behind_a_held_call(batcher, clf, [[1], [2, 2], [0, 1, 2]])
-    clf.release.set()
-    assert labels(first.result(10)) == [0]
-    assert [labels(f.result(10)) for f in rest] == [[1], [2, 2], [0, 1, 2]]
-    assert clf.sizes == [1, 6]
+    out = run(together(batcher, [[1], [2, 2], [0, 1, 2]]))
+    assert [labels(r) for r in out] == [[1], [2, 2], [0, 1, 2]]
+    assert clf.sizes == [6] and batcher.waiting == 0
+
+
+def test_calls_keep_joining_while_they_arrive_across_iterations(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+    batcher = make()
+
+    async def staggered() -> list:
+        async def late(k: int) -> BatchResult:
+            for _ in range(k):
+                await asyncio.sleep(0)  # one loop iteration per step
+            return await batcher.predict(views_of([k]), None)
+
+        return await asyncio.gather(*(late(k) for k in range(4)))
+
+    out = run(staggered())
+    assert [labels(r) for r in out] == [[0], [1], [2], [0]]
+    assert clf.sizes == [4]  # one call per iteration kept the batch open
+
+
+def test_the_window_bounds_how_long_a_batch_gathers(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(max_delay_ms=5)
+
+    async def stream() -> list:
+        async def caller(k: int) -> BatchResult:
+            await asyncio.sleep(0.002 * k)  # a steady stream, 2 ms apart, for ~40 ms
+            return await batcher.predict(views_of([k]), None)
+
+        return await asyncio.gather(*(caller(k) for k in range(20)))
+
+    run(stream())
+    assert sum(clf.sizes) == 20 and len(clf.sizes) >= 2  # the window closed batches
 
 
 def test_one_model_version_per_batch_across_a_swap(make, clf, holder) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
-    first, rest = behind_a_held_call(batcher, clf, [[1], [2]])
     swapped = FakeClf()
-    holder.current = ServedModel("v2", swapped, swapped)  # type: ignore[arg-type]  # mid-batch
-    clf.release.set()
-    assert first.result(10).model.version == "v1"  # the batch in flight keeps its model
-    assert {f.result(10).model.version for f in rest} == {"v2"}  # the next batch: one version
+
+    async def scenario() -> tuple[list, list]:
+        tasks = [asyncio.ensure_future(batcher.predict(views_of([k]), None)) for k in (1, 2)]
+        await asyncio.sleep(0)  # both joined the open batch
+        holder.current = ServedModel("v2", swapped, swapped)  # swap while it gathers
+        first = await asyncio.gather(*tasks)
+        return first, await together(batcher, [[0], [1]])
+
+    first, later = run(scenario())
+    assert {r.model.version for r in first} == {"v2"}  # the batch read the holder once
+    assert {r.model.version for r in later} == {"v2"} and swapped.sizes == [2, 2]
+    assert clf.sizes == []
+
+
+def test_a_batch_in_flight_keeps_its_model(make, clf, holder) -> None:  # type: ignore[no-untyped-def]
+    batcher = make()
+    swapped = FakeClf()
+    clf.during(lambda: setattr(holder, "current", ServedModel("v2", swapped, swapped)))
+    out = run(together(batcher, [[1], [2]]))  # the swap lands during the forward pass
+    assert {r.model.version for r in out} == {"v1"}
+    assert run(batcher.predict(views_of([0]), None)).model.version == "v2"
 
 
 def test_max_batch_closes_a_batch_but_never_splits_a_call(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
     batcher = make(max_batch=4)
-    _first, rest = behind_a_held_call(batcher, clf, [[1, 1, 1], [2, 2], [0, 0, 0, 0, 0, 0]])
-    clf.release.set()
-    assert [labels(f.result(10)) for f in rest] == [[1, 1, 1], [2, 2], [0] * 6]
-    assert clf.sizes == [1, 3, 2, 6]  # 3+2 > 4 closes the batch; 6 posts alone is still one
+    out = run(together(batcher, [[1, 1, 1], [2, 2], [0, 0, 0, 0, 0, 0]]))
+    assert [labels(r) for r in out] == [[1, 1, 1], [2, 2], [0] * 6]
+    assert sorted(clf.sizes) == [2, 3, 6]  # 3+2 > 4 closes the batch; 6 posts alone is one
+    big = clf.threads[clf.sizes.index(6)]
+    assert big.startswith("big") and clf.threads[clf.sizes.index(3)] != big  # off the loop
 
 
-def test_call_whose_deadline_passes_in_the_queue_is_not_computed(make, clf, metrics) -> None:  # type: ignore[no-untyped-def]
-    batcher = make()
-    first, rest = behind_a_held_call(batcher, clf, [[1]], deadline=time.monotonic() + 0.05)
-    with pytest.raises(DeadlineExpiredError):
-        rest[0].result(10)
-    clf.release.set()
-    first.result(10)
-    batcher.predict(views_of([2]), None)  # a sync point: the worker has passed the expired call
-    assert clf.sizes == [1, 1]  # the expired call never reached the model
+def test_call_whose_deadline_passes_while_waiting_is_not_computed(make, clf, metrics) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(max_batch=2)
+    clf.during(lambda: time.sleep(0.1))  # the first batch is slow
+    late = time.monotonic() + 0.05
+
+    async def scenario() -> list:
+        first = batcher.predict(views_of([0, 0]), None)
+        return await asyncio.gather(
+            first, batcher.predict(views_of([1]), late), return_exceptions=True
+        )
+
+    out = run(scenario())
+    assert labels(out[0]) == [0, 0] and isinstance(out[1], DeadlineExpiredError)
+    assert clf.sizes == [2]  # the expired call never reached the model
     assert metrics.expired._value.get() == 1
 
 
-def test_past_deadline_and_no_model_fail_fast(make, holder) -> None:  # type: ignore[no-untyped-def]
+def test_a_call_cancelled_by_grpc_is_not_computed(make, clf, metrics) -> None:  # type: ignore[no-untyped-def]
+    batcher = make()
+
+    async def scenario() -> list:
+        gone = asyncio.ensure_future(batcher.predict(views_of([1]), None))
+        await asyncio.sleep(0)  # it joined the open batch
+        gone.cancel()  # what gRPC does when the client's deadline passes or it hangs up
+        return await together(batcher, [[2]])
+
+    out = run(scenario())
+    assert labels(out[0]) == [2] and clf.sizes == [1]
+    assert metrics.expired._value.get() == 1
+
+
+def test_past_deadline_and_no_model_fail(make, holder) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
     with pytest.raises(DeadlineExpiredError):
-        batcher.predict(views_of([1]), time.monotonic() - 1)
+        run(batcher.predict(views_of([1]), time.monotonic() - 1))
     holder.current = None
     with pytest.raises(ModelUnavailableError):
-        batcher.predict(views_of([1]), None)
+        run(batcher.predict(views_of([1]), None))
 
 
 def test_a_failing_call_fails_alone_in_a_merged_batch(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
     clf.fail_if = lambda v: v.image is not None and bool((v.image[:, 0] == 7).any())
-    first, rest = behind_a_held_call(batcher, clf, [[1], [7], [2]])
-    clf.release.set()
-    first.result(10)
-    assert labels(rest[0].result(10)) == [1] and labels(rest[2].result(10)) == [2]
-    with pytest.raises(RuntimeError, match="bad batch"):
-        rest[1].result(10)
+    out = run(together(batcher, [[1], [7], [2]]))
+    assert labels(out[0]) == [1] and labels(out[2]) == [2]
+    assert isinstance(out[1], RuntimeError) and "bad batch" in str(out[1])
 
 
-def test_batching_off_runs_inline(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+def test_batching_off_computes_every_call_alone(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
     batcher = make(max_batch=1)
-    assert labels(batcher.predict(views_of([2, 1]), None)) == [2, 1]
-    assert not batcher._thread.is_alive() and clf.sizes == [2]
-
-
-def test_signal_wakes_its_waiter_once_and_stays_set() -> None:
-    from server.batcher import Signal
-
-    sig = Signal()
-    assert not sig.wait(0.01) and not sig.is_set()  # times out while unset
-    woke = threading.Event()
-    t = threading.Thread(target=lambda: sig.wait() and woke.set())
-    t.start()
-    sig.set()
-    t.join(10)
-    assert woke.is_set() and sig.is_set()
-    sig.set()  # idempotent
-    assert sig.wait(0) and sig.wait()  # set: every later wait returns at once
+    out = run(together(batcher, [[2, 1], [0]]))
+    assert [labels(r) for r in out] == [[2, 1], [0]] and clf.sizes == [2, 1]
+    assert run(batcher.predict(views_of([1]), None)).model.version == "v1"
