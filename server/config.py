@@ -79,7 +79,7 @@ class ServerConfig:
     torch_threads: int = (
         1  # torch and BLAS threads per process (0 = their defaults); scale by processes
     )
-    workers: int = 64  # gRPC handler threads (≥ the concurrency you want batched together)
+    workers: int = 64  # threads for blocking RPCs (labels, ingest, jobs) and calls > max_batch
     grace_s: float = 10.0  # shutdown: in-flight calls get this long to finish
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
