@@ -22,22 +22,24 @@ from postclf.v1 import postclf_pb2_grpc as pb_grpc
 MAX_MESSAGE = 64 * 1024 * 1024  # server/config.py LimitsConfig.max_message_bytes
 
 
+def _echo(request: pb.ClassifyRequest) -> pb.ClassifyResponse:
+    return pb.ClassifyResponse(
+        predictions=[pb.Prediction(post_id=p.post_id) for p in request.posts]
+    )
+
+
 class Echo(pb_grpc.PostClassifierServicer):
     def Classify(
         self, request: pb.ClassifyRequest, context: grpc.ServicerContext
     ) -> pb.ClassifyResponse:
-        return pb.ClassifyResponse(
-            predictions=[pb.Prediction(post_id=p.post_id) for p in request.posts]
-        )
+        return _echo(request)
 
 
 class AsyncEcho(pb_grpc.PostClassifierServicer):
     async def Classify(
         self, request: pb.ClassifyRequest, context: grpc.aio.ServicerContext
     ) -> pb.ClassifyResponse:
-        return pb.ClassifyResponse(
-            predictions=[pb.Prediction(post_id=p.post_id) for p in request.posts]
-        )
+        return _echo(request)
 
 
 OPTIONS = [

@@ -108,15 +108,8 @@ class ServerLoop:
         self.thread.start()
 
     def run(self, coro: Any, timeout: float | None = None) -> Any:
+        """Run `coro` on the loop and wait for its result (never call it from the loop)."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
-
-    def submit(self, coro: Any) -> Any:
-        """Schedule `coro` and wait for it, unless called on the loop itself (then only
-        schedule it: waiting there would deadlock). Calls run in the order submitted."""
-        future = asyncio.run_coroutine_threadsafe(coro, self.loop)
-        if threading.current_thread() is not self.thread:
-            future.result(10)
-        return future
 
     def close(self) -> None:
         if self.thread.is_alive():
@@ -186,7 +179,8 @@ async def _set_health(hs: HealthServicer, status: Any) -> None:
 def _on_model(loop: ServerLoop, hs: HealthServicer, metrics: Metrics) -> Any:
     def changed(model: ServedModel) -> None:
         metrics.model.info({"version": model.version})
-        loop.submit(_set_health(hs, SERVING))
+        # Called by the model watcher, bootstrap or a job's thread, never on the loop.
+        loop.run(_set_health(hs, SERVING), timeout=10)
 
     return changed
 

@@ -77,7 +77,7 @@ class Batcher:
 
     @property
     def waiting(self) -> int:
-        """Calls gathered for the next forward pass (for tests and metrics)."""
+        """Calls gathered for the next forward pass (tests read it)."""
         return len(self._open)
 
     async def predict(self, views: Views, deadline: float | None) -> BatchResult:

@@ -18,6 +18,8 @@ from batch_jobs.config import build_config
 from batch_jobs.datasets import DEFAULT_DATA_DIR
 from postclf_errors import InvalidInputError
 
+MAX_QUIET_TICKS = 100_000  # BatcherConfig.quiet_ticks, checked in load_config
+
 
 @dataclass(frozen=True)
 class BatcherConfig:
@@ -189,8 +191,6 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
         raise InvalidInputError(f"must be in [0, {MAX_QUIET_TICKS}]", "batcher.quiet_ticks")
     return dataclasses.replace(top, jobs=jobs, **built)
 
-
-MAX_QUIET_TICKS = 100_000
 
 LOOPBACK_NAMES = ("localhost", "127.0.0.1", "::1", "ip6-localhost")
 
