@@ -33,10 +33,25 @@ def perturb(
 ) -> np.ndarray:
     """Sampling keys `(n,)` from scores `(n,)`: their top-k is the sampled batch."""
     check_sampling(sampling, temperature)
+    return sampling_keys(
+        scores, floor, sampling, temperature, sampling_noise(len(scores), sampling, rng)
+    )
+
+
+def sampling_noise(n: int, sampling: str, rng: np.random.Generator) -> np.ndarray | None:
+    """The per-row Gumbel draws `(n,)` of `sampling` (None for `top`, which draws nothing), so
+    a caller can key the same rows twice (a coarse and an exact score) with the same noise."""
+    return None if sampling == "top" else rng.gumbel(size=n)
+
+
+def sampling_keys(
+    scores: np.ndarray, floor: float, sampling: str, temperature: float, noise: np.ndarray | None
+) -> np.ndarray:
+    """`perturb`'s keys from scores `(n,)` and their `sampling_noise` `(n,)`."""
     s = np.asarray(scores, np.float64)
     if sampling == "top":
         return s
-    gumbel = rng.gumbel(size=s.shape[0])  # (n,)
+    assert noise is not None and noise.shape == s.shape
     if sampling == "power":
-        return np.log(np.maximum(s - floor, _TINY)) / temperature + gumbel
-    return s / temperature + gumbel
+        return np.log(np.maximum(s - floor, _TINY)) / temperature + noise
+    return s / temperature + noise

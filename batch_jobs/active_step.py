@@ -59,7 +59,9 @@ def propose(
         raise ValueError(f"unknown strategy {cfg.strategy!r}; known: {sorted(STRATEGIES)}")
     t0 = time.perf_counter()
     m = candidate_count(1 << 62, cfg.query_size, cfg.candidate_factor, cfg.diversity, cfg.balance)
-    scored = run_scoring(clf, model, Task(source, cfg, m, seed), engine, progress).distinct()
+    scored = run_scoring(
+        clf, model, Task(source, cfg, m, seed, engine.prefilter), engine, progress
+    ).distinct()
     t1 = time.perf_counter()
     q = min(cfg.query_size, len(scored.rows))
     counts = _counts(scored, clf.classes)

@@ -14,6 +14,7 @@ from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
 ENGINES = ("local", "ray")
+PREFILTERS = ("auto", "bf16", "off")
 AGGREGATIONS = ("auto", "ds", "mv")
 
 
@@ -62,10 +63,17 @@ class EngineConfig:
     torch_threads: int = 1  # intra-op threads per worker, set explicitly in each
     chunk_rows: int = 16_384  # posts scored per chunk: memory ∝ this, never the pool
     ray_address: str | None = None  # None: $RAY_ADDRESS, else a local Ray
+    # A bfloat16 pass over every row, then float32 on the rows that can still be picked
+    # (batch_jobs.scoring): auto = where the CPU runs bf16 fast (AMX / AVX512-BF16); off = float32.
+    prefilter: str = "auto"
 
     def __post_init__(self) -> None:
         if self.engine not in ENGINES:
             raise InvalidInputError(f"must be one of {ENGINES}", "engine")
+        if self.prefilter not in PREFILTERS:
+            raise InvalidInputError(
+                f"must be one of {PREFILTERS}, got {self.prefilter!r}", "prefilter"
+            )
         if self.workers < 1 or self.chunk_rows < 1 or self.torch_threads < 1:
             raise InvalidInputError("workers, chunk_rows, torch_threads must be >= 1", "engine")
 

@@ -120,9 +120,11 @@ def propose_in_memory(
     cfg: QueryConfig,
     rng: np.random.Generator,
     chunk_rows: int = 16_384,
+    engine: EngineConfig | None = None,
 ) -> ProposedQuery:
     """`propose_policy` over in-memory views (the simulator): `labeled (n,) bool` rows are
-    not eligible and count (with their features) towards the cold start's coverage."""
+    not eligible and count (with their features) towards the cold start's coverage.
+    `engine` defaults to `EngineConfig()` (this process, the bf16 prefilter where fast)."""
     seed = tuple(int(x) for x in rng.integers(0, 2**32, 2))
     source = MemorySource(views, ~labeled, chunk_rows)
     cold = int(labeled.sum()) < cfg.cold_start_labels
@@ -132,6 +134,6 @@ def propose_in_memory(
         else None
     )
     return propose_policy(
-        clf, None, source, cfg, EngineConfig(), seed,
+        clf, None, source, cfg, engine or EngineConfig(), seed,
         labeled_count=int(labeled.sum()), labeled_features=feats,
     )  # fmt: skip

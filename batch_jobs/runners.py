@@ -49,6 +49,7 @@ class Task:
     cfg: QueryConfig
     m: int
     seed: tuple[int, ...]
+    prefilter: str = "off"  # EngineConfig.prefilter
 
 
 def run_scoring(
@@ -98,7 +99,7 @@ def _score(clf: Classifier, task: Task, ref: Any) -> Scored:
     t0 = time.perf_counter()
     chunk = src.load(ref)
     t1 = time.perf_counter()
-    out = score_chunk(clf, chunk, task.cfg, task.m, task.seed, src.key(ref))
+    out = score_chunk(clf, chunk, task.cfg, task.m, task.seed, src.key(ref), task.prefilter)
     out.seconds = {"read": t1 - t0, "score": time.perf_counter() - t1}
     return out
 

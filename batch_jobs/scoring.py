@@ -22,11 +22,11 @@ from typing import Protocol
 import numpy as np
 
 from acquisition.scores import STRATEGIES
-from acquisition.stochastic import perturb
+from acquisition.stochastic import perturb, sampling_keys, sampling_noise
 from batch_jobs.config import QueryConfig
 from model.classifier import Classifier, Predictions
 from model.data import Views
-from model.folded import FoldedClassifier
+from model.folded import FoldedClassifier, bf16_is_fast
 from store.pool import ChunkRef, Pool, sorted_contains
 
 
@@ -162,12 +162,20 @@ def score_views(
     return scores, pred.probs, feats
 
 
-def _predict(clf: Classifier, views: Views, with_features: bool, with_heads: bool) -> Predictions:
+def _predict(
+    clf: Classifier,
+    views: Views,
+    with_features: bool,
+    with_heads: bool,
+    folded: FoldedClassifier | None = None,
+) -> Predictions:
     """`clf.predict(views, with_features, with_heads)`; a trident without per-head outputs
-    goes through `FoldedClassifier` (the served path, ~1.6x the module walk, README)."""
+    goes through `FoldedClassifier` (the served path, ~1.6x the module walk, README), `folded`
+    when the caller has built it for this `clf`."""
     if clf.net_config.family != "trident" or with_heads:
         return clf.predict(views, with_features=with_features, with_heads=with_heads)
-    folded = FoldedClassifier(clf)  # folded per call: `clf` may be fine-tuned in between
+    if folded is None:
+        folded = FoldedClassifier(clf)  # folded per call: `clf` may be fine-tuned in between
     if with_features:
         probs, head, feats = folded.predict_with_features(views)
         return Predictions(probs, head, feats)
@@ -176,9 +184,19 @@ def _predict(clf: Classifier, views: Views, with_features: bool, with_heads: boo
 
 
 def score_chunk(
-    clf: Classifier, chunk: Loaded, cfg: QueryConfig, m: int, seed: Sequence[int], key: int
+    clf: Classifier,
+    chunk: Loaded,
+    cfg: QueryConfig,
+    m: int,
+    seed: Sequence[int],
+    key: int,
+    prefilter: str = "off",
 ) -> Scored:
-    """Score the chunk's eligible rows; keep the best `m` and the chunk's counts."""
+    """Score the chunk's eligible rows; keep the best `m` and the chunk's counts.
+
+    `prefilter` (`EngineConfig.prefilter`): "bf16" or "auto" (bf16 where it is fast) scores
+    the chunk in bfloat16 first and in float32 only the rows that can still be among the best
+    `m` (`_score_prefiltered`); the rows kept are the float32 path's."""
     skipped = dict(chunk.skipped)
     eligible = chunk.eligible & usable_rows(clf, chunk.views)
     skipped["no_usable_view"] = skipped.get("no_usable_view", 0) + int(
@@ -192,6 +210,8 @@ def score_chunk(
     score_rng, tie_rng = chunk_rngs(seed, key)
     if not STRATEGIES[cfg.strategy].reads_model:
         return _score_model_free(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
+    if _prefilters(clf, cfg, prefilter, idx.size, m):
+        return _score_prefiltered(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
     keys = tie_rng.random(idx.size)
     return _scored(clf, chunk, idx, scores, keys, probs, feats, skipped).top(m)
@@ -222,6 +242,100 @@ def _score_model_free(
     out.score_sum, out.score_min = float(scores.sum()), float(scores.min())
     out.score_max = float(scores.max())
     return out.top(m)
+
+
+PREFILTER_MIN_ROWS = 2048  # below this a chunk is scored in float32 alone
+PREFILTER_CALIBRATION_ROWS = 256  # rows of each chunk scored both ways to bound the bf16 error
+PREFILTER_SAFETY = 2.0  # the error bound used is this × the largest error on those rows
+PREFILTER_BLOCK = 512  # rows rescored in float32 between two checks of the stopping rule
+
+
+def _prefilters(clf: Classifier, cfg: QueryConfig, prefilter: str, n: int, m: int) -> bool:
+    """Whether a chunk of `n` eligible rows keeping `m` gets the bf16 prefilter: the folded
+    trident path with a score read from probabilities alone (margin, least confidence,
+    entropy), a chunk big enough to pay for it, and bf16 asked for or fast here."""
+    strategy = STRATEGIES[cfg.strategy]
+    applies = (
+        clf.net_config.family == "trident"
+        and not (strategy.needs_mc or strategy.needs_heads)
+        and n >= max(PREFILTER_MIN_ROWS, 4 * m)
+    )
+    return applies and (prefilter == "bf16" or (prefilter == "auto" and bf16_is_fast()))
+
+
+def _score_prefiltered(
+    clf: Classifier,
+    chunk: Loaded,
+    cfg: QueryConfig,
+    m: int,
+    idx: np.ndarray,
+    rngs: tuple[np.random.Generator, np.random.Generator],
+    skipped: dict[str, int],
+) -> Scored:
+    """A bf16 pass on every row, then float32 on rows in bf16 key order until no row left can
+    be in the best `m`: the float32 path's picks, scores, probabilities and features.
+
+    The bf16 key error is bounded by δ = `PREFILTER_SAFETY` × its largest value on
+    `PREFILTER_CALIBRATION_ROWS` evenly spaced rows scored both ways. Rescoring stops once
+    the next row's bf16 key + δ is below T, the m-th best float32 key so far: every row left
+    has a float32 key below T, and T is at most the chunk's true m-th best. Same draws as
+    `score_views` (one noise value per row, tie keys for the whole chunk). Whole-chunk counts
+    (predicted histogram, score sum/min/max) mix float32 values on the rescored rows with bf16
+    values elsewhere; bf16 agrees on the predicted class for ~99.8% of rows (README)."""
+    score_rng, tie_rng = rngs
+    strategy = STRATEGIES[cfg.strategy]
+    views = chunk.views.take(idx)
+    folded = FoldedClassifier(clf)  # folded per chunk: `clf` may be fine-tuned in between
+    noise = sampling_noise(idx.size, cfg.sampling, score_rng)
+
+    def keys(probs: np.ndarray, rows: np.ndarray | slice) -> np.ndarray:
+        scores = strategy.score(probs, score_rng)  # reads the probabilities only
+        part = None if noise is None else noise[rows]
+        return sampling_keys(scores, strategy.floor, cfg.sampling, cfg.temperature, part)
+
+    rough_probs, _ = folded.coarse().predict(views)
+    rough = keys(rough_probs, slice(None))
+    calib = np.linspace(0, idx.size - 1, PREFILTER_CALIBRATION_ROWS).astype(np.int64)
+    error = np.abs(rough[calib] - keys(folded.predict(views.take(calib))[0], calib))
+    delta = PREFILTER_SAFETY * float(error.max()) if np.isfinite(error).all() else np.inf
+    finite = np.isfinite(rough)
+    by_rough = np.flatnonzero(finite)[np.argsort(-rough[finite], kind="stable")]
+    order = np.concatenate([np.flatnonzero(~finite), by_rough])  # non-finite: float32 decides
+    done, blocks = 0, []
+    size = int((~finite).sum()) + m + PREFILTER_BLOCK
+    while done < order.size:
+        rows = order[done : done + size]
+        pred = _predict(clf, views.take(rows), cfg.diversity is not None, False, folded)
+        blocks.append((rows, keys(pred.probs, rows), pred))
+        done, size = done + rows.size, PREFILTER_BLOCK
+        best = np.concatenate([k for _, k, _ in blocks])
+        if done < order.size and rough[order[done]] + delta < _mth_best(best, m):
+            break
+    again = np.concatenate([r for r, _, _ in blocks])
+    probs = np.concatenate([p.probs for _, _, p in blocks])
+    width = 0 if blocks[0][2].features is None else blocks[0][2].features.shape[1]
+    feats = (
+        np.concatenate([p.features for _, _, p in blocks])
+        if width
+        else np.empty((again.size, 0), np.float32)
+    )
+    tie = tie_rng.random(idx.size)
+    out = _scored(clf, chunk, idx[again], best, tie[again], probs, feats, skipped)
+    rough[again] = best
+    predicted = rough_probs.argmax(1)
+    predicted[again] = out.predicted
+    out.histogram = np.bincount(predicted, minlength=len(clf.classes)).astype(np.int64)
+    out.scored = int(idx.size)
+    out.score_sum, out.score_min, out.score_max = (
+        float(rough.sum()), float(rough.min()), float(rough.max()),
+    )  # fmt: skip
+    return out.top(m)
+
+
+def _mth_best(keys: np.ndarray, m: int) -> float:
+    """The m-th best finite key (-inf when fewer than m): `Scored.top` ranks NaN last."""
+    finite = keys[np.isfinite(keys)]
+    return float(np.partition(finite, -m)[-m]) if finite.size >= m else -np.inf
 
 
 def _scored(

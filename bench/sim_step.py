@@ -7,9 +7,12 @@ Trains a trident on 500 random reviews train rows (a short passive phase), build
 `--pool` posts by tiling the real reviews embeddings with a little Gaussian noise
 (`bench.nightly.resample_pool`), marks `--labeled` rows labeled, and times one
 `policy.propose_in_memory` call (the simulator's query step: scoring the unlabeled pool and
-selection) per policy. Medians of `--repeats`, one torch thread; wall and CPU seconds of
-this process, with the load average, because on a shared box wall time mostly measures the
-other tenants (CPU seconds are what one free core would take). Training time per step is a separate
+selection) per policy, with the bf16 prefilter (`EngineConfig.prefilter`, "auto": on where
+bf16 is fast) and without it ("off", float32 alone), alternating, so the ratio is measured in
+one run; it also counts how many of the prefiltered query's rows equal the float32 query's.
+Medians of `--repeats`, one torch thread; wall and CPU seconds of this process, with the load
+average, because on a shared box wall time mostly measures the other tenants (CPU seconds are
+what one free core would take). Training time per step is a separate
 matter (it depends on the labeled count, not the pool): see the simulator's `s/step` column.
 """
 
@@ -23,11 +26,12 @@ from pathlib import Path
 
 import numpy as np
 
-from batch_jobs.config import QueryConfig
+from batch_jobs.config import EngineConfig, QueryConfig
 from batch_jobs.datasets import read_arrays
 from batch_jobs.policy import propose_in_memory
 from bench.nightly import DATA, resample_pool
 from model.data import Views
+from model.folded import bf16_is_fast
 from model.threads import set_threads
 from model.training import LabeledViews, TrainConfig, train_passive
 
@@ -44,6 +48,7 @@ POLICIES = {
         "margin", 100, diversity="kmeans", balance=True, random_share=0.1
     ),
 }
+PREFILTERS = ("auto", "off")
 COLD = ("typical cold start, 500 labeled", QueryConfig("margin", 100, cold_start_labels=10**9))
 
 
@@ -75,28 +80,50 @@ def main() -> None:
     if args.only:
         todo = [(n, c) for n, c in todo if n in args.only.split(",")]
     for name, cfg in todo:
-        times, cpu = [], []
-        for r in range(args.repeats):
-            mask = few if cfg.cold_start_labels else labeled
-            t0, c0 = time.perf_counter(), time.process_time()
-            propose_in_memory(clf, pool, mask, cfg, np.random.default_rng(r))
-            times.append(time.perf_counter() - t0)
-            cpu.append(time.process_time() - c0)
-        results[name] = {
-            "median_s": float(np.median(times)),
-            "median_cpu_s": float(np.median(cpu)),
-            "all_s": times,
-            "all_cpu_s": cpu,
+        mask = few if cfg.cold_start_labels else labeled
+        runs: dict[str, dict[str, list]] = {
+            pf: {"s": [], "cpu": [], "rows": []} for pf in PREFILTERS
         }
+        for r in range(args.repeats):
+            for pf in PREFILTERS:  # alternating: both see the same load
+                t0, c0 = time.perf_counter(), time.process_time()
+                q = propose_in_memory(
+                    clf,
+                    pool,
+                    mask,
+                    cfg,
+                    np.random.default_rng(r),
+                    engine=EngineConfig(prefilter=pf),
+                )
+                runs[pf]["s"].append(time.perf_counter() - t0)
+                runs[pf]["cpu"].append(time.process_time() - c0)
+                runs[pf]["rows"].append(set(zip(q.parts.tolist(), q.indices.tolist(), strict=True)))
+        same = [len(a & b) for a, b in zip(runs["auto"]["rows"], runs["off"]["rows"], strict=True)]
+        results[name] = {
+            pf: {
+                "median_s": float(np.median(v["s"])),
+                "median_cpu_s": float(np.median(v["cpu"])),
+                "all_s": v["s"],
+                "all_cpu_s": v["cpu"],
+            }
+            for pf, v in runs.items()
+        } | {"same_rows": same, "query_rows": cfg.query_size}
     load = os.getloadavg()
-    print(f"pool {args.pool}, labeled {args.labeled}, q=100, 1 thread, load avg {load[0]:.1f}")
-    print("| policy | wall s/step (median) | CPU s/step (median) | wall runs |\n|---|---|---|---|")
+    print(f"pool {args.pool}, labeled {args.labeled}, q=100, 1 thread, load avg {load[0]:.1f}, "
+          f"bf16 fast here: {bf16_is_fast()}")  # fmt: skip
+    print("| policy | CPU s/step, prefilter auto | CPU s/step, float32 | ratio "
+          "| wall s (auto / float32) | same rows |\n|---|---|---|---|---|---|")  # fmt: skip
     for name, r in results.items():
-        runs = ", ".join(f"{t:.2f}" for t in r["all_s"])
-        print(f"| {name} | {r['median_s']:.2f} | {r['median_cpu_s']:.2f} | {runs} |")
+        a, f = r["auto"], r["off"]
+        same = f"{min(r['same_rows'])}/{r['query_rows']}"
+        print(
+            f"| {name} | {a['median_cpu_s']:.2f} | {f['median_cpu_s']:.2f} | "
+            f"{a['median_cpu_s'] / f['median_cpu_s']:.2f} | "
+            f"{a['median_s']:.2f} / {f['median_s']:.2f} | {same} |"
+        )
     args.out.parent.mkdir(parents=True, exist_ok=True)
-    args.out.write_text(json.dumps({"args": vars(args) | {"out": str(args.out)}, "load": load,
-                                    "results": results}, indent=1))  # fmt: skip
+    meta = {"args": vars(args) | {"out": str(args.out)}, "load": load, "bf16_fast": bf16_is_fast()}
+    args.out.write_text(json.dumps(meta | {"results": results}, indent=1))
 
 
 if __name__ == "__main__":

@@ -48,6 +48,10 @@ def test_engine_section_and_bad_engine():
         JobConfig.from_dict({"engine": {"engine": "spark"}})
     with pytest.raises(InvalidInputError):
         JobConfig.from_dict({"engine": {"workers": 0}})
+    assert JobConfig().engine.prefilter == "auto"
+    assert JobConfig.from_dict({"engine": {"prefilter": "off"}}).engine.prefilter == "off"
+    with pytest.raises(InvalidInputError, match="prefilter"):
+        JobConfig.from_dict({"engine": {"prefilter": "fp8"}})
 
 
 def test_the_batch_cli_reads_the_servers_jobs_table(tmp_path, monkeypatch):

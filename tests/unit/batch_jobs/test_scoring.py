@@ -10,10 +10,11 @@ import pytest
 
 from acquisition.scores import STRATEGIES
 from acquisition.selection import select_query
+from batch_jobs import scoring
 from batch_jobs.active_step import STAGE_STREAM, propose
 from batch_jobs.config import EngineConfig, QueryConfig
 from batch_jobs.nightly import run_nightly
-from batch_jobs.scoring import MemorySource, Scored, score_chunk
+from batch_jobs.scoring import PREFILTER_MIN_ROWS, MemorySource, Scored, score_chunk
 from model.data import Views
 from postclf_errors import InvalidInputError
 
@@ -159,3 +160,68 @@ def test_a_model_free_score_runs_the_model_on_kept_rows_only_and_keeps_the_same(
         full.scored, full.score_sum, full.score_max
     )  # fmt: skip
     assert fast.histogram.sum() == 9 and full.histogram.sum() == fast.scored
+
+
+@pytest.fixture(scope="module")
+def big_chunk(small_npz) -> Views:
+    """Reviews rows tiled with a little noise to one chunk above the prefilter's minimum, with
+    three rows that overflow float32 (no bf16 error bound holds for them)."""
+    rng = np.random.default_rng(11)
+    reps = -(-3 * PREFILTER_MIN_ROWS // len(small_npz["label"]))
+
+    def tiled(x: np.ndarray) -> np.ndarray:
+        big = np.tile(x, (reps, 1))
+        return big + rng.normal(0, 0.05, big.shape).astype(np.float32)  # NaN rows stay NaN
+
+    image, text = tiled(small_npz["image"]), tiled(small_npz["text"])
+    image[[5, 700, 2900]] = 1e30
+    return Views.from_nan_rows(image, text)
+
+
+@pytest.mark.parametrize(
+    ("strategy", "sampling", "diversity"),
+    [("margin", "top", None), ("margin", "power", "kmeans"), ("entropy", "top", "kmeans"),
+     ("least_confidence", "softmax", None)],
+)  # fmt: skip
+def test_the_bf16_prefilter_keeps_the_float32_rows(
+    tiny_model, big_chunk, strategy, sampling, diversity, monkeypatch
+):
+    """Same rows, keys, probabilities and features as float32 alone, and far fewer rows
+    rescored in float32 than the chunk holds."""
+    eligible = np.random.default_rng(4).random(len(big_chunk)) < 0.9
+    source = MemorySource(big_chunk, eligible, len(big_chunk))
+    ref = source.refs()[0]
+    cfg = QueryConfig(strategy, 30, 4, diversity, False, sampling=sampling, temperature=0.5)
+    m = 120
+
+    def chunk_result(prefilter: str) -> Scored:
+        return score_chunk(tiny_model, source.load(ref), cfg, m, SEED, source.key(ref), prefilter)
+
+    exact = chunk_result("off")
+    rescored = []
+    real = scoring._predict
+    monkeypatch.setattr(
+        scoring, "_predict", lambda clf, v, *a: rescored.append(len(v)) or real(clf, v, *a)
+    )
+    fast = chunk_result("bf16")
+    assert fast.rows.tolist() == exact.rows.tolist()
+    np.testing.assert_allclose(fast.scores, exact.scores, rtol=1e-5, atol=1e-6)
+    assert np.array_equal(fast.keys, exact.keys)
+    assert fast.predicted.tolist() == exact.predicted.tolist()
+    np.testing.assert_allclose(fast.features, exact.features, rtol=1e-4, atol=1e-5)
+    assert fast.scored == exact.scored == int(eligible.sum())
+    assert fast.histogram.sum() == exact.histogram.sum()
+    assert m <= sum(rescored) < 0.6 * fast.scored, rescored
+
+
+def test_the_prefilter_applies_to_probability_scores_of_big_chunks_only(tiny_model):
+    def applies(strategy: str, n: int, m: int = 100) -> bool:
+        return scoring._prefilters(tiny_model, QueryConfig(strategy), "bf16", n, m)
+
+    assert applies("margin", PREFILTER_MIN_ROWS) and applies("entropy", 10_000)
+    assert not applies("margin", PREFILTER_MIN_ROWS - 1)
+    assert not applies("margin", 3000, m=1000)  # most rows would be rescored anyway
+    assert not applies("bald", 10_000) and not applies("kl_committee", 10_000)
+    assert not scoring._prefilters(tiny_model, QueryConfig(), "off", 10_000, 100)
+
+

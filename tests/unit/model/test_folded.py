@@ -103,3 +103,25 @@ def test_features_equal_the_module_walks(rows: slice) -> None:
     probs, _, feats = FoldedClassifier(clf).predict_with_features(views)
     np.testing.assert_allclose(probs, expected.probs, rtol=1e-4, atol=1e-6)
     np.testing.assert_allclose(feats, expected.features, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("family", ["trident", "linear"])
+@pytest.mark.parametrize("rows", [slice(0, 1), slice(1, 2), slice(2, 3), slice(0, 30)])
+def test_the_bf16_twin_is_close_and_leaves_the_float32_model_alone(family: str, rows: slice):
+    """bf16 keeps 8 significant bits: close, not equal; the float32 model is unchanged."""
+    clf = _classifier(family, DI, DT)
+    views = _mixed_views(30).take(rows)
+    folded = FoldedClassifier(clf)
+    before, head = folded.predict(views)
+    rough, rough_head = folded.coarse().predict(views)
+    assert rough.dtype == np.float32 and (rough_head == head).all()
+    np.testing.assert_allclose(rough, before, atol=0.03)
+    np.testing.assert_array_equal(folded.predict(views)[0], before)
+
+
+def test_the_bf16_twin_of_the_trained_model(tiny_model, small_splits) -> None:
+    views = small_splits["test"].views
+    folded = FoldedClassifier(tiny_model)
+    exact, rough = folded.predict(views)[0], folded.coarse().predict(views)[0]
+    assert np.abs(rough - exact).max() < 0.02
+    assert (rough.argmax(1) == exact.argmax(1)).mean() > 0.98
