@@ -223,5 +223,3 @@ def test_the_prefilter_applies_to_probability_scores_of_big_chunks_only(tiny_mod
     assert not applies("margin", 3000, m=1000)  # most rows would be rescored anyway
     assert not applies("bald", 10_000) and not applies("kl_committee", 10_000)
     assert not scoring._prefilters(tiny_model, QueryConfig(), "off", 10_000, 100)
-
-
