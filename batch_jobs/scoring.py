@@ -284,7 +284,6 @@ def _score_prefiltered(
     values elsewhere; bf16 agrees on the predicted class for ~99.8% of rows (README)."""
     score_rng, tie_rng = rngs
     strategy = STRATEGIES[cfg.strategy]
-    views = chunk.views.take(idx)
     folded = FoldedClassifier(clf)  # folded per chunk: `clf` may be fine-tuned in between
     noise = sampling_noise(idx.size, cfg.sampling, score_rng)
 
@@ -293,10 +292,14 @@ def _score_prefiltered(
         part = None if noise is None else noise[rows]
         return sampling_keys(scores, strategy.floor, cfg.sampling, cfg.temperature, part)
 
-    rough_probs, _ = folded.coarse().predict(views)
+    coarse = folded.coarse()
+    if usable_rows(clf, chunk.views).all():  # no copy: bf16 on a few ineligible rows is cheaper
+        rough_probs = coarse.predict(chunk.views)[0][idx]
+    else:
+        rough_probs = coarse.predict(chunk.views.take(idx))[0]
     rough = keys(rough_probs, slice(None))
     calib = np.linspace(0, idx.size - 1, PREFILTER_CALIBRATION_ROWS).astype(np.int64)
-    error = np.abs(rough[calib] - keys(folded.predict(views.take(calib))[0], calib))
+    error = np.abs(rough[calib] - keys(folded.predict(chunk.views.take(idx[calib]))[0], calib))
     delta = PREFILTER_SAFETY * float(error.max()) if np.isfinite(error).all() else np.inf
     finite = np.isfinite(rough)
     by_rough = np.flatnonzero(finite)[np.argsort(-rough[finite], kind="stable")]
@@ -305,7 +308,7 @@ def _score_prefiltered(
     size = int((~finite).sum()) + m + PREFILTER_BLOCK
     while done < order.size:
         rows = order[done : done + size]
-        pred = _predict(clf, views.take(rows), cfg.diversity is not None, False, folded)
+        pred = _predict(clf, chunk.views.take(idx[rows]), cfg.diversity is not None, False, folded)
         blocks.append((rows, keys(pred.probs, rows), pred))
         done, size = done + rows.size, PREFILTER_BLOCK
         best = np.concatenate([k for _, k, _ in blocks])
