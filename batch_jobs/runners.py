@@ -14,7 +14,7 @@ import multiprocessing
 import os
 import pickle
 import time
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import ProcessPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
@@ -24,7 +24,7 @@ import numpy as np
 from tqdm import tqdm
 
 from batch_jobs.config import EngineConfig, QueryConfig
-from batch_jobs.scoring import Scored, Source, score_chunk
+from batch_jobs.scoring import Scored, Source, mth_best, score_chunk
 from model.classifier import Classifier
 from model.registry import ModelRegistry
 from model.threads import set_threads
@@ -64,8 +64,12 @@ def run_scoring(
     total = sum(r.stop - r.start for r in refs)  # type: ignore[attr-defined]
     bar = tqdm(total=total, desc="score", unit="post", unit_scale=True, disable=not progress)
     acc = Scored.empty(len(clf.classes))
+
+    def floor() -> float:  # the merged m-th best key so far: a chunk's rows below it cannot enter
+        return mth_best(acc.scores, task.m)
+
     try:
-        for rows, part in _results(clf, model, task, engine, refs):
+        for rows, part in _results(clf, model, task, engine, refs, floor):
             acc = acc.merge(part, task.m)
             bar.update(rows)
     finally:
@@ -74,8 +78,14 @@ def run_scoring(
 
 
 def _results(
-    clf: Classifier, model: ModelRef | None, task: Task, engine: EngineConfig, refs: list[Any]
+    clf: Classifier,
+    model: ModelRef | None,
+    task: Task,
+    engine: EngineConfig,
+    refs: list[Any],
+    floor: Callable[[], float],
 ) -> Iterator[tuple[int, Scored]]:
+    """(rows, result) per chunk; in this process each chunk gets the running `floor`."""
     if not refs:
         return
     if engine.engine == "ray":
@@ -86,20 +96,20 @@ def _results(
         yield from _processes(model, task, engine, refs)
     else:
         for ref in refs:
-            yield _size(ref), _score(clf, task, ref)
+            yield _size(ref), _score(clf, task, ref, floor())
 
 
 def _size(ref: Any) -> int:
     return int(ref.stop - ref.start)
 
 
-def _score(clf: Classifier, task: Task, ref: Any) -> Scored:
+def _score(clf: Classifier, task: Task, ref: Any, floor: float = -np.inf) -> Scored:
     """One chunk: read (with eligibility) and score, each timed."""
     src = task.source
     t0 = time.perf_counter()
     chunk = src.load(ref)
     t1 = time.perf_counter()
-    out = score_chunk(clf, chunk, task.cfg, task.m, task.seed, src.key(ref), task.prefilter)
+    out = score_chunk(clf, chunk, task.cfg, task.m, task.seed, src.key(ref), task.prefilter, floor)
     out.seconds = {"read": t1 - t0, "score": time.perf_counter() - t1}
     return out
 

@@ -191,12 +191,15 @@ def score_chunk(
     seed: Sequence[int],
     key: int,
     prefilter: str = "off",
+    floor: float = -np.inf,
 ) -> Scored:
     """Score the chunk's eligible rows; keep the best `m` and the chunk's counts.
 
     `prefilter` (`EngineConfig.prefilter`): "bf16" or "auto" (bf16 where it is fast) scores
     the chunk in bfloat16 first and in float32 only the rows that can still be among the best
-    `m` (`_score_prefiltered`); the rows kept are the float32 path's."""
+    `m` (`_score_prefiltered`); the rows kept are the float32 path's up to rounding. `floor`: a key the
+    caller already has m rows at or above (other chunks'), so rows surely below it may be left
+    out of this chunk's result; it only narrows the prefilter's float32 rescoring."""
     skipped = dict(chunk.skipped)
     eligible = chunk.eligible & usable_rows(clf, chunk.views)
     skipped["no_usable_view"] = skipped.get("no_usable_view", 0) + int(
@@ -211,7 +214,7 @@ def score_chunk(
     if not STRATEGIES[cfg.strategy].reads_model:
         return _score_model_free(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
     if _prefilters(clf, cfg, prefilter, idx.size, m):
-        return _score_prefiltered(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
+        return _score_prefiltered(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped, floor)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
     keys = tie_rng.random(idx.size)
     return _scored(clf, chunk, idx, scores, keys, probs, feats, skipped).top(m)
@@ -271,14 +274,18 @@ def _score_prefiltered(
     idx: np.ndarray,
     rngs: tuple[np.random.Generator, np.random.Generator],
     skipped: dict[str, int],
+    floor: float,
 ) -> Scored:
     """A bf16 pass on every row, then float32 on rows in bf16 key order until no row left can
-    be in the best `m`: the float32 path's picks, scores, probabilities and features.
+    be in the best `m`: the float32 path's picks, scores, probabilities and features, up to
+    float32 rounding (BLAS may round a row's last bit differently in a small block than in the
+    whole chunk, so rows tied within ~1e-7 at the m-th key can swap).
 
     The bf16 key error is bounded by δ = `PREFILTER_SAFETY` × its largest value on
     `PREFILTER_CALIBRATION_ROWS` evenly spaced rows scored both ways. Rescoring stops once
-    the next row's bf16 key + δ is below T, the m-th best float32 key so far: every row left
-    has a float32 key below T, and T is at most the chunk's true m-th best. Same draws as
+    the next row's bf16 key + δ is below T, the m-th best float32 key so far (or `floor`,
+    when higher): every row left has a float32 key below T, and T is at most the true m-th best
+    of this chunk (or of the chunks merged so far). Same draws as
     `score_views` (one noise value per row, tie keys for the whole chunk). Whole-chunk counts
     (predicted histogram, score sum/min/max) mix float32 values on the rescored rows with bf16
     values elsewhere; bf16 agrees on the predicted class for ~99.8% of rows (README)."""
@@ -305,14 +312,14 @@ def _score_prefiltered(
     by_rough = np.flatnonzero(finite)[np.argsort(-rough[finite], kind="stable")]
     order = np.concatenate([np.flatnonzero(~finite), by_rough])  # non-finite: float32 decides
     done, blocks = 0, []
-    size = int((~finite).sum()) + m + PREFILTER_BLOCK
+    size = int((~finite).sum()) + PREFILTER_BLOCK
     while done < order.size:
         rows = order[done : done + size]
         pred = _predict(clf, chunk.views.take(idx[rows]), cfg.diversity is not None, False, folded)
         blocks.append((rows, keys(pred.probs, rows), pred))
         done, size = done + rows.size, PREFILTER_BLOCK
         best = np.concatenate([k for _, k, _ in blocks])
-        if done < order.size and rough[order[done]] + delta < _mth_best(best, m):
+        if done < order.size and rough[order[done]] + delta < max(mth_best(best, m), floor):
             break
     again = np.concatenate([r for r, _, _ in blocks])
     probs = np.concatenate([p.probs for _, _, p in blocks])
@@ -335,7 +342,7 @@ def _score_prefiltered(
     return out.top(m)
 
 
-def _mth_best(keys: np.ndarray, m: int) -> float:
+def mth_best(keys: np.ndarray, m: int) -> float:
     """The m-th best finite key (-inf when fewer than m): `Scored.top` ranks NaN last."""
     finite = keys[np.isfinite(keys)]
     return float(np.partition(finite, -m)[-m]) if finite.size >= m else -np.inf
