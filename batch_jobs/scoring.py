@@ -197,9 +197,10 @@ def score_chunk(
 
     `prefilter` (`EngineConfig.prefilter`): "bf16" or "auto" (bf16 where it is fast) scores
     the chunk in bfloat16 first and in float32 only the rows that can still be among the best
-    `m` (`_score_prefiltered`); the rows kept are the float32 path's up to rounding. `floor`: a key the
-    caller already has m rows at or above (other chunks'), so rows surely below it may be left
-    out of this chunk's result; it only narrows the prefilter's float32 rescoring."""
+    `m` (`_score_prefiltered`); the rows kept are the float32 path's up to rounding.
+    `floor`: a key the caller already has m rows at or above (other chunks'), so rows surely
+    below it may be left out of this chunk's result; it only narrows the prefilter's float32
+    rescoring."""
     skipped = dict(chunk.skipped)
     eligible = chunk.eligible & usable_rows(clf, chunk.views)
     skipped["no_usable_view"] = skipped.get("no_usable_view", 0) + int(
