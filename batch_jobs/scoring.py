@@ -212,27 +212,32 @@ def score_chunk(
     if not idx.size:
         return out
     score_rng, tie_rng = chunk_rngs(seed, key)
+    rows = _Eligible(chunk, idx, skipped, score_rng, tie_rng)
     if not STRATEGIES[cfg.strategy].reads_model:
-        return _score_model_free(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped)
+        return _score_model_free(clf, rows, cfg, m)
     if _prefilters(clf, cfg, prefilter, idx.size, m):
-        return _score_prefiltered(clf, chunk, cfg, m, idx, (score_rng, tie_rng), skipped, floor)
+        return _score_prefiltered(clf, rows, cfg, m, floor)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
     keys = tie_rng.random(idx.size)
     return _scored(clf, chunk, idx, scores, keys, probs, feats, skipped).top(m)
 
 
-def _score_model_free(
-    clf: Classifier,
-    chunk: Loaded,
-    cfg: QueryConfig,
-    m: int,
-    idx: np.ndarray,
-    rngs: tuple[np.random.Generator, np.random.Generator],
-    skipped: dict[str, int],
-) -> Scored:
+@dataclass(frozen=True)
+class _Eligible:
+    """A chunk's eligible rows `idx (k,)`, its skip counts and its two random streams."""
+
+    chunk: Loaded
+    idx: np.ndarray
+    skipped: dict[str, int]
+    score_rng: np.random.Generator
+    tie_rng: np.random.Generator
+
+
+def _score_model_free(clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int) -> Scored:
     """A score that ignores the model (random): the same draws as `score_views`, then the
     model runs on the best `m` rows only, so the predicted histogram covers those rows."""
-    score_rng, tie_rng = rngs
+    chunk, idx, skipped = rows.chunk, rows.idx, rows.skipped
+    score_rng, tie_rng = rows.score_rng, rows.tie_rng
     strategy = STRATEGIES[cfg.strategy]
     shape_only = np.zeros((idx.size, len(clf.classes)), np.float32)  # (k, C)
     raw = strategy.score(shape_only, score_rng)
@@ -268,14 +273,7 @@ def _prefilters(clf: Classifier, cfg: QueryConfig, prefilter: str, n: int, m: in
 
 
 def _score_prefiltered(
-    clf: Classifier,
-    chunk: Loaded,
-    cfg: QueryConfig,
-    m: int,
-    idx: np.ndarray,
-    rngs: tuple[np.random.Generator, np.random.Generator],
-    skipped: dict[str, int],
-    floor: float,
+    clf: Classifier, eligible: _Eligible, cfg: QueryConfig, m: int, floor: float
 ) -> Scored:
     """A bf16 pass on every row, then float32 on rows in bf16 key order until no row left can
     be in the best `m`: the float32 path's picks, scores, probabilities and features, up to
@@ -290,7 +288,8 @@ def _score_prefiltered(
     `score_views` (one noise value per row, tie keys for the whole chunk). Whole-chunk counts
     (predicted histogram, score sum/min/max) mix float32 values on the rescored rows with bf16
     values elsewhere; bf16 agrees on the predicted class for ~99.8% of rows (README)."""
-    score_rng, tie_rng = rngs
+    chunk, idx, skipped = eligible.chunk, eligible.idx, eligible.skipped
+    score_rng, tie_rng = eligible.score_rng, eligible.tie_rng
     strategy = STRATEGIES[cfg.strategy]
     folded = FoldedClassifier(clf)  # folded per chunk: `clf` may be fine-tuned in between
     noise = sampling_noise(idx.size, cfg.sampling, score_rng)
