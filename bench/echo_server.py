@@ -1,11 +1,12 @@
 """A bare gRPC server with postclf's Classify signature and server settings, answering at once.
 
 The yardstick of bench/serving.py: the same grpcio, the same server kind (asyncio, as postclf's;
-`--threads` for the thread-pool server it replaced) and message options, the same proto; no
+`--threads` for the thread-pool server it replaced), the same event loop (uvloop by default, as
+postclf's; `--loop asyncio` for the standard library's) and message options, the same proto; no
 interceptors, no validation, no model. Each reply holds one `Prediction` per post with only its
 id, so the response size grows with the call as ours does.
 
-    .venv/bin/python -m bench.echo_server --port 50099 [--threads [--workers 64]]
+    .venv/bin/python -m bench.echo_server --port 50099 [--loop asyncio] [--threads [--workers 64]]
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import asyncio
 from concurrent import futures
 
 import grpc
+import uvloop
 
 from postclf.v1 import postclf_pb2 as pb
 from postclf.v1 import postclf_pb2_grpc as pb_grpc
@@ -73,9 +75,14 @@ def main() -> None:
     p.add_argument("--port", type=int, required=True)
     p.add_argument("--threads", action="store_true", help="the thread-pool server")
     p.add_argument("--workers", type=int, default=64, help="with --threads")
+    p.add_argument(
+        "--loop", choices=("uvloop", "asyncio"), default="uvloop", help="postclf's event_loop"
+    )
     args = p.parse_args()
     if args.threads:
         serve(args.port, args.workers)
+    elif args.loop == "uvloop":
+        uvloop.run(serve_aio(args.port))
     else:
         asyncio.run(serve_aio(args.port))
 

@@ -1,8 +1,10 @@
 """Serving benchmark: postclf's Classify against a bare gRPC echo server and the model itself.
 
-Each round starts, one after the other, a bare echo server (bench/echo_server.py: the same
-grpcio, thread pool and message options, no model) and `python -m server` (micro-batching on;
-and two processes sharing the port via SO_REUSEPORT), with a model trained briefly on
+Each round starts, one after the other, bare echo servers (bench/echo_server.py: the same
+grpcio, server kind, event loop and message options, no model; also on the standard asyncio
+loop and as the old thread-pool server) and `python -m server` (micro-batching on; also on the
+standard asyncio loop, with a 20 ms pool linger, and as two processes sharing the port via
+SO_REUSEPORT), with a model trained briefly on
 ../shared/data/reviews.npz, and drives each from a separate client process (grpc.aio, N calls in
 flight) over loopback with real test-split embeddings as float32 bytes. Cells: 1 post per call
 at concurrency 1 and 64 (pooled, and with skip_pool), 64 posts per call at 8 (both) and 64
@@ -47,15 +49,18 @@ CELLS = (
     (64, 8, True),
     (64, 64, False),
 )
-# mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms);
-# "echo" = the bare asyncio server (postclf's kind: the yardstick), "echo-threads" the bare
-# thread-pool server postclf used before; "postclf-linger20" gathers pool entries for 20 ms.
-MODES = {
-    "echo": None,
-    "echo-threads": None,
-    "postclf": ("256", "2", 1, "0"),
-    "postclf-linger20": ("256", "2", 1, "20"),
-    "postclf-2proc": ("256", "2", 2, "0"),
+# mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms, event
+# loop); "echo" = the bare asyncio server on uvloop (postclf's kind and loop: the yardstick),
+# "echo-asyncio" the same on the standard library's loop, "echo-threads" the bare thread-pool
+# server postclf used before; "postclf-linger20" gathers pool entries for 20 ms.
+ECHOES = {"echo": ["--loop", "uvloop"], "echo-asyncio": ["--loop", "asyncio"],
+          "echo-threads": ["--threads"]}  # fmt: skip
+MODES: dict[str, tuple[str, str, int, str, str] | None] = {
+    **{name: None for name in ECHOES},
+    "postclf": ("256", "2", 1, "0", "uvloop"),
+    "postclf-asyncio": ("256", "2", 1, "0", "asyncio"),
+    "postclf-linger20": ("256", "2", 1, "20", "uvloop"),
+    "postclf-2proc": ("256", "2", 2, "0", "uvloop"),
 }
 
 
@@ -239,12 +244,11 @@ def _start_server(
 ) -> subprocess.Popen:
     settings = MODES[mode]
     if settings is None:
-        cmd = [sys.executable, "-m", "bench.echo_server", "--port", str(port)]
-        cmd += ["--threads"] if mode == "echo-threads" else []
+        cmd = [sys.executable, "-m", "bench.echo_server", "--port", str(port), *ECHOES[mode]]
         proc = subprocess.Popen(cmd, cwd=ROOT)
         _wait_listening(port, proc)
         return proc
-    max_batch, max_delay, processes, linger = settings
+    max_batch, max_delay, processes, linger, event_loop = settings
     env = os.environ | {
         "POSTCLF_HOME": str(home),
         "POSTCLF_HOST": "127.0.0.1",
@@ -255,6 +259,7 @@ def _start_server(
         "POSTCLF_TORCH_THREADS": str(torch_threads),
         "POSTCLF_PROCESSES": str(processes),
         "POSTCLF_POOL_LINGER_MS": linger,
+        "POSTCLF_EVENT_LOOP": event_loop,
         "POSTCLF_SCHEDULER": "0",
         "POSTCLF_BOOTSTRAP": "0",
         "POSTCLF_LOG_LEVEL": "WARNING",
@@ -357,6 +362,7 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
     """The numbers the targets are set on (see the module docstring); all modes must have run."""
     echo1, echo64 = med[("echo", 1, 64, False)], med[("echo", 64, 8, False)]
     one, one_skip = med[("postclf", 1, 64, False)], med[("postclf", 1, 64, True)]
+    aio = med[("postclf-asyncio", 1, 64, False)]
     two = med[("postclf-2proc", 1, 64, False)]
     big = max(
         med[("postclf", 64, 8, False)]["posts_per_s"],
@@ -371,6 +377,15 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
         "1post_skip_pool_calls_per_s_vs_echo": one_skip["calls_per_s"] / echo1["calls_per_s"],
         "1post_calls_per_s_vs_thread_pool_echo": one["calls_per_s"]
         / med[("echo-threads", 1, 64, False)]["calls_per_s"],
+        "1post_calls_per_s_uvloop_vs_asyncio_loop": one["calls_per_s"] / aio["calls_per_s"],
+        "1post_skip_pool_calls_per_s_uvloop_vs_asyncio_loop": one_skip["calls_per_s"]
+        / med[("postclf-asyncio", 1, 64, True)]["calls_per_s"],
+        "64post_posts_per_s_uvloop_vs_asyncio_loop": med[("postclf", 64, 8, False)]["posts_per_s"]
+        / med[("postclf-asyncio", 64, 8, False)]["posts_per_s"],
+        "1post_calls_per_s_asyncio_loop_vs_asyncio_echo": aio["calls_per_s"]
+        / med[("echo-asyncio", 1, 64, False)]["calls_per_s"],
+        "echo_1post_calls_per_s_uvloop_vs_asyncio_loop": echo1["calls_per_s"]
+        / med[("echo-asyncio", 1, 64, False)]["calls_per_s"],
         "1post_p99_vs_echo (target <= 2)": one["p99_ms"] / echo1["p99_ms"],
         "64post_posts_per_s_vs_predict_at_64 (target >= 0.8)": big / predict64["folded"],
         "64post_skip_pool_posts_per_s_vs_predict_at_64": med[("postclf", 64, 8, True)][

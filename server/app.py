@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 import grpc
+import uvloop
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_health.v1._async import HealthServicer  # health.aio's, the asyncio servicer
 from grpc_reflection.v1alpha import reflection
@@ -100,10 +101,12 @@ class App:
 
 
 class ServerLoop:
-    """An asyncio event loop running in its own daemon thread; `run` waits for a coroutine."""
+    """An asyncio event loop running in its own daemon thread; `run` waits for a coroutine.
+    `kind`: "uvloop" (libuv's loop; gRPC's asyncio server runs on any asyncio loop) or
+    "asyncio" (the standard library's)."""
 
-    def __init__(self) -> None:
-        self.loop = asyncio.new_event_loop()
+    def __init__(self, kind: str = "uvloop") -> None:
+        self.loop = uvloop.new_event_loop() if kind == "uvloop" else asyncio.new_event_loop()
         self.thread = threading.Thread(target=self.loop.run_forever, name="grpc-loop", daemon=True)
         self.thread.start()
 
@@ -231,7 +234,7 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     recovered = jobs.recover()  # a job killed in an earlier life: its run, lease, temp files
     log.info("event=recovered leases=%s", recovered)
     metrics = Metrics()
-    loop = ServerLoop()
+    loop = ServerLoop(cfg.event_loop)
     hs = HealthServicer()
     loop.run(_set_health(hs, NOT_SERVING))
     # Blocking RPC work (labels, ingest, jobs) and single calls above max_batch posts.

@@ -150,3 +150,17 @@ def test_concurrent_calls_share_one_forward_pass(
     # two forward passes: [call 0], then calls 1-4 merged
     assert sample("postclf_batch_calls_count") == 2
     assert sample("postclf_batch_calls_sum") == 5
+
+
+def test_the_standard_asyncio_loop_serves_too(
+    tmp_path: Path, model_registry: Path, start_server: Callable[..., Running], data: SmallData
+) -> None:
+    """`event_loop = "asyncio"` (uvloop is the default every other test runs on)."""
+    home = tmp_path / "home"
+    install_model(model_registry, home)
+    server = start_server(home, event_loop="asyncio")
+    assert type(server.app.loop.loop).__module__.startswith("asyncio")
+    reply = server.classifier.Classify(
+        pb.ClassifyRequest(posts=data.posts(np.arange(4))), timeout=10
+    )
+    assert [p.post_id for p in reply.predictions] == data.post_ids[:4].tolist()

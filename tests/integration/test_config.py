@@ -36,9 +36,15 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
         ("POSTCLF_POOL_LINGER_MS", "5000", "config.pool_linger_ms"),
         ("POSTCLF_QUIET_TICKS", "-1", "batcher.quiet_ticks"),
         ("POSTCLF_QUIET_TICKS", "1000000", "batcher.quiet_ticks"),
+        ("POSTCLF_EVENT_LOOP", "trio", "config.event_loop"),
     ],
 )
 def test_out_of_range_settings_name_their_key(var: str, value: str, field: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         load_config(None, {var: value})
     assert err.value.field == field
+
+
+def test_the_event_loop_defaults_to_uvloop_and_can_be_the_standard_one() -> None:
+    assert load_config(None, {}).event_loop == "uvloop"
+    assert load_config(None, {"POSTCLF_EVENT_LOOP": "asyncio"}).event_loop == "asyncio"
