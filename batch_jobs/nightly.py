@@ -160,7 +160,7 @@ def _run(
             seed = (cfg.seed, night.toordinal())
             proposed = propose_policy(
                 clf, model, source, extras.query(cfg.query), cfg.engine, seed, progress,
-                labeled_count=ledger.count_labels_since(0),
+                labeled_count=ledger.labeled_train_posts(),
             )  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):

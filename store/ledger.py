@@ -259,6 +259,14 @@ class Ledger:
     def count_labels_since(self, seq: int) -> int:
         return self._read("SELECT COUNT(*) FROM labels WHERE seq > ?", (seq,))[0][0]
 
+    def labeled_train_posts(self) -> int:
+        """Distinct non-holdout posts with at least one label: what training learns from (a post
+        labeled by three assessors counts once; gate posts are never trained on)."""
+        return self._read(
+            "SELECT COUNT(DISTINCT l.post_id) FROM labels l JOIN posts p USING (post_id) "
+            "WHERE p.holdout = 0"
+        )[0][0]
+
     def labeled_post_ids(self) -> set[str]:
         return {r[0] for r in self._read("SELECT DISTINCT post_id FROM labels")}
 

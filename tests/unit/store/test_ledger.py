@@ -49,6 +49,17 @@ def test_conflicting_assessors_are_both_kept(ledger):
     assert ledger.labeled_post_ids() == {"p1"}
 
 
+def test_labeled_train_posts_counts_posts_not_labels_and_skips_holdout(tmp_path):
+    """The cold start's count: three assessors on one post are one post; gate posts none."""
+    with Ledger(tmp_path / "l.db") as led:
+        led.add_posts(["a", "b"], "seed", holdout=False)
+        led.add_posts(["g"], "seed", holdout=True)
+        three = [LabelRow("a", who, "Knits") for who in ("ann", "bob", "cy")]
+        led.add_labels([*three, LabelRow("b", "ann", "Knits"), LabelRow("g", "ann", "Knits")])
+        assert led.count_labels_since(0) == 5
+        assert led.labeled_train_posts() == 2
+
+
 def test_label_for_unknown_post_fails_whole_batch(ledger):
     with pytest.raises(sqlite3.IntegrityError):
         ledger.add_labels([LabelRow("p1", "ann", "Dresses"), LabelRow("nope", "ann", "Knits")])
