@@ -152,9 +152,14 @@ class Ledger:
         predicted_labels: Sequence[str | None] | None = None,
         model_version: str | None = None,
         holdout: Sequence[bool] | bool | None = None,
+        known: Sequence[bool] | None = None,
     ) -> int:
         """Record posts; returns how many were new. A known post keeps its arrival, source and
-        holdout flag (fixed at first insert); only its latest prediction is updated."""
+        holdout flag (fixed at first insert); only its latest prediction is updated.
+
+        `known (n,)`: which posts the caller found in the ledger just before; only those get
+        the prediction UPDATE (a fresh row already has it from its INSERT). A post another
+        writer inserted in between keeps that writer's equally fresh prediction."""
         if source not in SOURCES:
             raise InvalidInputError(f"must be one of {SOURCES}", "source")
         n = len(post_ids)
@@ -165,8 +170,10 @@ class Ledger:
             flags = [hash_holdout(p, self.holdout_fraction) for p in post_ids]
         else:
             flags = [bool(h) for h in holdout]
-        if len(preds) != n or len(flags) != n:
-            raise InvalidInputError("length differs from post_ids", "predicted_labels/holdout")
+        if len(preds) != n or len(flags) != n or (known is not None and len(known) != n):
+            raise InvalidInputError(
+                "length differs from post_ids", "predicted_labels/holdout/known"
+            )
         at = now_iso()
         rows = [
             (str(p), at, source, lab, model_version, int(h))
@@ -177,9 +184,12 @@ class Ledger:
             conn.executemany("INSERT OR IGNORE INTO posts VALUES (?, ?, ?, ?, ?, ?)", rows)
             added = conn.total_changes - before
             if predicted_labels is not None:
+                stale = (
+                    rows if known is None else [r for r, k in zip(rows, known, strict=True) if k]
+                )
                 conn.executemany(
                     "UPDATE posts SET predicted_label = ?, model_version = ? WHERE post_id = ?",
-                    [(r[3], model_version, r[0]) for r in rows],
+                    [(r[3], model_version, r[0]) for r in stale],
                 )
         return added
 

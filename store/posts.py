@@ -45,5 +45,6 @@ def record_posts(pool: Pool, ledger: Ledger, batch: PostBatch) -> np.ndarray:
         predicted_labels=batch.predicted,
         model_version=batch.model_version,
         holdout=batch.holdout,
+        known=(~fresh).tolist(),  # fresh rows get their prediction from the INSERT
     )
     return fresh

@@ -217,6 +217,20 @@ def test_record_posts_pools_a_post_once_and_ledgers_it_after(tmp_path):
         ledger.close()
 
 
+def test_record_posts_keeps_the_latest_prediction_of_fresh_and_known_posts(tmp_path):
+    """Fresh rows get their prediction from the INSERT alone; known rows from the UPDATE."""
+    pool, ledger = Pool(tmp_path / "pool"), Ledger(tmp_path / "ledger.db")
+    try:
+        batch = PostBatch(["x", "y"], make_views(2, 0), "classify", ["A", "B"], "v1")
+        record_posts(pool, ledger, batch)
+        batch = PostBatch(["y", "z"], make_views(2, 5), "classify", ["C", "D"], "v2")
+        record_posts(pool, ledger, batch)
+        got = ledger._read("SELECT post_id, predicted_label, model_version FROM posts")
+        assert sorted(got) == [("x", "A", "v1"), ("y", "C", "v2"), ("z", "D", "v2")]
+    finally:
+        ledger.close()
+
+
 def test_dims_fixed_by_another_process_are_enforced(tmp_path):
     stale = Pool(tmp_path)  # opened before anything was written
     Pool(tmp_path).append(ids("a", 2), make_views(2, 0))  # another process fixes the dims
