@@ -11,7 +11,7 @@ import pytest
 
 from batch_jobs import simulate
 from batch_jobs.datasets import load_dataset
-from batch_jobs.sim_report import auc, labels_to_reach
+from batch_jobs.sim_report import auc, labels_to_reach, monotone
 from model.training import TrainConfig
 from postclf_errors import InvalidInputError
 
@@ -122,6 +122,22 @@ def test_curve_summaries() -> None:
     assert labels_to_reach(labels, curve, 0.7) == 20
     assert labels_to_reach(labels, curve, 0.95) is None
     assert auc(labels, curve) == pytest.approx(0.7)
+
+
+def test_monotone_fit_pools_adjacent_violators() -> None:
+    """Known answers: a dip is averaged with what it breaks; a rising curve is unchanged."""
+    assert monotone(np.array([1.0, 3.0, 2.0, 4.0])).tolist() == [1.0, 2.5, 2.5, 4.0]
+    assert monotone(np.array([3.0, 1.0, 2.0])).tolist() == [2.0, 2.0, 2.0]
+    rising = np.array([0.1, 0.2, 0.2, 0.5])
+    assert monotone(rising).tolist() == rising.tolist()
+    rng = np.random.default_rng(0)
+    noisy = np.linspace(0.5, 0.7, 41) + rng.normal(0, 0.01, 41)
+    fit = monotone(noisy)
+    assert (np.diff(fit) >= 0).all() and fit.mean() == pytest.approx(noisy.mean())
+    # One lucky early step no longer counts as reaching the target.
+    labels, spiky = np.array([1, 2, 3, 4, 5]), np.array([0.5, 0.7, 0.5, 0.6, 0.7])
+    assert labels_to_reach(labels, spiky, 0.7) == 2
+    assert labels_to_reach(labels, monotone(spiky), 0.7) == 5
 
 
 def test_new_stages_committee_and_stopping_signal_reach_the_report(
