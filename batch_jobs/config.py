@@ -32,7 +32,7 @@ class QueryConfig:
     mc_samples: int = 20  # T for MC-Dropout strategies (bald)
     sampling: str = "top"  # top | power | softmax (acquisition.stochastic)
     temperature: float = 1.0  # sampling temperature T (weights score^(1/T) or exp(score/T))
-    cold_start_labels: int = 0  # below this many labels: typicality cold start (0 = never)
+    cold_start_labels: int = 0  # below this many labeled non-gate posts: cold start (0 = never)
     cold_start_sample: int = 20_000  # uniform sample of eligible posts the cold start clusters
     random_share: float = 0.0  # share of each query drawn uniformly at random (a control)
 

@@ -1,10 +1,10 @@
 """The budget-aware query policy the nightly job and the simulator share.
 
 `propose_policy` wraps `active_step.propose`:
-- **cold start**: while fewer than `cold_start_labels` labels exist, the query is the most
-  typical post of each least-covered cluster (`acquisition.typicality`) of a uniform sample of
-  at most `cold_start_sample` eligible posts (a random-strategy scoring pass, so memory stays
-  bounded by the sample, never the pool);
+- **cold start**: while fewer than `cold_start_labels` posts carry labels (gate posts aside),
+  the query is the most typical post of each least-covered cluster (`acquisition.typicality`)
+  of a uniform sample of at most `cold_start_sample` eligible posts (a random-strategy scoring
+  pass, so memory stays bounded by the sample, never the pool);
 - otherwise the configured strategy (uncertainty, optional sampling, diversity, balance);
 - **random control share**: `round(random_share · q)` rows of every query are drawn uniformly
   from the eligible posts (reason `control:random`), an unbiased sample of what the model
