@@ -45,8 +45,8 @@ class PostService:
         if not skip_pool:
             self.pool.check(views)  # the pool's bounds, before any work is acknowledged
         result = await self.batcher.predict(views, deadline)
-        finite = np.isfinite(result.probs).all(axis=1)  # (n,)
-        if not finite.all():  # rows are independent (BN in eval mode): name the first bad post
+        if not np.isfinite(result.probs).all():  # rows are independent (BN in eval mode):
+            finite = np.isfinite(result.probs).all(axis=1)  # (n,) name the first bad post
             raise InvalidInputError(
                 "embedding makes the model's output non-finite (values too large?)",
                 f"posts[{int(np.argmin(finite))}]",

@@ -185,9 +185,10 @@ class Pool:
 
     def check(self, views: Views, field: str = "posts") -> None:
         """InvalidInputError unless `views` fit the pool: same widths, values in its dtype."""
-        dims = self._dims or views.dims
+        have_dims = views.dims  # a property that builds a dict: once, not per modality
+        dims = self._dims or have_dims
         for name in MODALITIES:
-            have = views.dims[name]
+            have = have_dims[name]
             if have is not None and have != dims[name]:
                 raise InvalidInputError(f"dimension {have}, pool stores {dims[name]}", name)
             x = getattr(views, name)
