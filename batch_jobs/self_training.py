@@ -4,6 +4,7 @@ active-phase fine-tune. One implementation for the nightly retrain and the simul
 - The confidence threshold is chosen on the validation (gate) split: the lowest candidate
   threshold whose validation precision (accuracy of the rows at or above it) reaches
   `target_precision` on at least `min_val_rows` rows; none qualifies → no pseudo-labels.
+  With `per_class`, one such threshold per predicted class, on that class's rows.
 - Per-class caps: at most `ceil(max_ratio · true labels / classes)` per predicted class (the
   most confident first), so a dominant class cannot flood the fine-tune.
 - Callers pass only eligible pool rows: never labeled, queried, gate or holdout posts.
@@ -34,6 +35,10 @@ class SelfTrainConfig:
     min_val_rows: int = 20  # validation rows at or above a threshold for it to count
     max_ratio: float = 1.0  # pseudo-labels at most this many times the true labels
     max_pool: int = 50_000  # pool rows considered (a uniform sample by id hash)
+    # One threshold per predicted class, each reaching `target_precision` on that class's
+    # validation rows (at least `min_val_rows` of them; a class with fewer gets none). A
+    # global threshold lets the classes that absorb the rare ones (confident, wrong) in.
+    per_class: bool = False
 
     def __post_init__(self) -> None:
         if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
@@ -83,6 +88,27 @@ def choose_threshold(
     return None, None
 
 
+def class_thresholds(
+    val_probs: np.ndarray, val_labels: np.ndarray, cfg: SelfTrainConfig
+) -> tuple[np.ndarray, float | None]:
+    """`(C,)` thresholds (inf: that class gets no pseudo-labels) and the validation precision
+    of all rows they accept, from `val_probs (v, C)` and `val_labels (v,)`."""
+    conf, pred = val_probs.max(axis=1), val_probs.argmax(axis=1)  # (v,), (v,)
+    out = np.full(val_probs.shape[1], np.inf)
+    for c in range(val_probs.shape[1]):
+        mine = pred == c
+        for t in sorted(cfg.thresholds):
+            sure = mine & (conf >= t)
+            if sure.sum() < cfg.min_val_rows:
+                break  # higher thresholds keep fewer rows still
+            if float((val_labels[sure] == c).mean()) >= cfg.target_precision:
+                out[c] = t
+                break
+    taken = conf >= out[pred]
+    precision = float((pred[taken] == val_labels[taken]).mean()) if taken.any() else None
+    return out, precision
+
+
 def select_pseudo(
     probs: np.ndarray,
     val_probs: np.ndarray,
@@ -94,12 +120,18 @@ def select_pseudo(
     if probs.ndim != 2 or val_probs.ndim != 2 or val_probs.shape[0] != val_labels.shape[0]:
         raise InvalidInputError("need probs (n, C), val_probs (v, C), val_labels (v,)", "probs")
     none = PseudoLabels(np.zeros(0, np.int64), np.zeros(0, np.int64), None, None)
-    t, precision = choose_threshold(val_probs, val_labels, cfg)
+    if cfg.per_class:
+        per, precision = class_thresholds(val_probs, val_labels, cfg)
+        qualified = per[np.isfinite(per)]
+        t = float(qualified.min()) if qualified.size else None  # reported: the loosest
+    else:
+        t, precision = choose_threshold(val_probs, val_labels, cfg)
+        per = np.full(val_probs.shape[1], np.inf if t is None else t)
     if t is None or probs.shape[0] == 0:
         return PseudoLabels(none.rows, none.labels, t, precision)
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     cap = math.ceil(cfg.max_ratio * n_true / probs.shape[1])
-    sure = np.flatnonzero(conf >= t)
+    sure = np.flatnonzero(conf >= per[pred])
     sure = sure[np.lexsort((sure, -conf[sure]))]  # most confident first, ties by row
     order = np.argsort(pred[sure], kind="stable")  # grouped by class, confidence order kept
     grouped = sure[order]

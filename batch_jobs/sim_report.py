@@ -135,17 +135,16 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
         name: _strategy_summary(runs, full_acc) for name, runs in raw["curves"].items() if runs
     }
     rand = strategies.get("random")
-    rand_fit = monotone(np.array(rand["accuracy"]["mean"]))[-1] if rand else None
     for s in strategies.values():
-        rand_final = rand["final"]["accuracy_mean"] if rand else None
+        s["labels_to_random_final"] = s["labels_to_random_final_monotone"] = None
+        if rand is None:
+            continue
         acc, labels = np.array(s["accuracy"]["mean"]), np.array(s["labels"])
-        s["labels_to_random_final"] = labels_to_reach(labels, acc, rand_final) if rand else None
+        s["labels_to_random_final"] = labels_to_reach(labels, acc, rand["final"]["accuracy_mean"])
         # The same question asked of the monotone fits of both mean curves (see `monotone`).
-        s["labels_to_random_final_monotone"] = (
-            labels_to_reach(labels, monotone(acc), rand_fit) if rand_fit is not None else None
-        )
-        if rand:
-            s["steps_below_random_band"] = _below_band(s, rand)
+        rand_fit = float(monotone(np.array(rand["accuracy"]["mean"]))[-1])
+        s["labels_to_random_final_monotone"] = labels_to_reach(labels, monotone(acc), rand_fit)
+        s["steps_below_random_band"] = _below_band(s, rand)
     return {
         "config": raw["config"],
         "wall_seconds": seconds,

@@ -528,6 +528,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     p.add_argument("--overlap", type=int, help="answers per asked row (default 1)")
     p.add_argument("--aggregate", choices=["ds", "mv"], help="default ds")
+    p.add_argument(
+        "--self-per-class",
+        action="store_true",
+        help="+self: one confidence threshold per predicted class (chosen on validation)",
+    )
     return p.parse_args(argv)
 
 
@@ -552,6 +557,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         raise SystemExit(f"duplicate strategies in {names!r}")
     if sim.get("eval_every", 1) < 1:
         raise SystemExit("--eval-every must be ≥ 1")
+    if args.self_per_class:
+        sim["self_training"] = SelfTrainConfig(True, per_class=True)
     return SimConfig(strategies=specs, train=TrainConfig(**train), preset=args.preset, **sim)
 
 

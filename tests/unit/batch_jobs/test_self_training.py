@@ -8,7 +8,12 @@ import numpy as np
 import pytest
 
 from batch_jobs.retrain import retrain
-from batch_jobs.self_training import SelfTrainConfig, choose_threshold, select_pseudo
+from batch_jobs.self_training import (
+    SelfTrainConfig,
+    choose_threshold,
+    class_thresholds,
+    select_pseudo,
+)
 from postclf_errors import InvalidInputError
 from store.ledger import Ledger, hash_holdout
 
@@ -43,6 +48,20 @@ def test_per_class_caps_keep_the_most_confident() -> None:
     assert rep["pseudo_labels"] == 4 and rep["precision"] == 0.75
     none = select_pseudo(pool, val, np.array([0, 1]), n_true=0, cfg=CFG)
     assert none.rows.size == 0
+
+
+def test_per_class_thresholds_keep_a_class_that_absorbs_others_stricter() -> None:
+    """Class 1 is confidently wrong below 0.9 (it absorbs class 2's posts); class 0 is right
+    from 0.6; class 2 has too few validation rows for any threshold."""
+    val = _probs([0.7, 0.65, 0.95, 0.92, 0.85, 0.7, 0.99], [0, 0, 1, 1, 1, 1, 2])
+    truth = np.array([0, 0, 1, 1, 2, 2, 2])
+    per, precision = class_thresholds(val, truth, CFG)
+    assert per.tolist() == [0.6, 0.9, np.inf] and precision == 1.0
+    assert choose_threshold(val, truth, CFG) == (0.9, 1.0)  # one threshold: 0.9 for all
+    pool = _probs([0.7, 0.85, 0.95, 0.99], [0, 1, 1, 2])
+    got = select_pseudo(pool, val, truth, n_true=30, cfg=replace(CFG, per_class=True))
+    assert got.rows.tolist() == [0, 2] and got.labels.tolist() == [0, 1]
+    assert got.threshold == 0.6 and got.val_precision == 1.0
 
 
 @pytest.mark.parametrize(
