@@ -344,6 +344,9 @@ def degenerate(spec: StrategySpec, cfg: SimConfig, ds: Dataset) -> str | None:
     views = sum(d is not None for d in ds.views.dims.values())
     if strategy.needs_heads and views < 2:
         return f"{spec.label}: one view means one head, a committee that cannot disagree"
+    if spec.self_train and cfg.stop_on != "val":
+        # Its threshold is chosen on the stopping split: on test, that is test-set tuning.
+        return f"{spec.label}: self-training needs a validation split (stop_on is {cfg.stop_on})"
     return None
 
 

@@ -180,6 +180,8 @@ def test_degenerate_strategies_are_refused(data_dir: Path, tmp_path: Path) -> No
     cfg = simulate.SimConfig("x", (simulate.StrategySpec.parse("kl_committee"),))
     assert "cannot disagree" in (simulate.degenerate(cfg.strategies[0], cfg, one_view) or "")
     assert simulate.degenerate(cfg.strategies[0], cfg, ds) is None
+    with pytest.raises(InvalidInputError, match="self-training needs a validation split"):
+        _run(data_dir, tmp_path / "s", "--strategies", "margin+self", "--stop-on", "test")
 
 
 def test_seed_split_runs_merge_into_one_report(
