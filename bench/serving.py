@@ -3,8 +3,8 @@
 Each round starts, one after the other, bare echo servers (bench/echo_server.py: the same
 grpcio, server kind, event loop and message options, no model; also on the standard asyncio
 loop and as the old thread-pool server) and `python -m server` (micro-batching on; also on the
-standard asyncio loop, with a 20 ms pool linger, and as two processes sharing the port via
-SO_REUSEPORT), with a model trained briefly on
+standard asyncio loop, without the pool linger (20 ms by default), and as two processes
+sharing the port via SO_REUSEPORT), with a model trained briefly on
 ../shared/data/reviews.npz, and drives each from a separate client process (grpc.aio, N calls in
 flight) over loopback with real test-split embeddings as float32 bytes. Cells: 1 post per call
 at concurrency 1 and 64 (pooled, and with skip_pool), 64 posts per call at 8 (both) and 64
@@ -52,15 +52,15 @@ CELLS = (
 # mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms, event
 # loop); "echo" = the bare asyncio server on uvloop (postclf's kind and loop: the yardstick),
 # "echo-asyncio" the same on the standard library's loop, "echo-threads" the bare thread-pool
-# server postclf used before; "postclf-linger20" gathers pool entries for 20 ms.
+# server postclf used before; "postclf-linger0" writes pool entries without gathering them.
 ECHOES = {"echo": ["--loop", "uvloop"], "echo-asyncio": ["--loop", "asyncio"],
           "echo-threads": ["--threads"]}  # fmt: skip
 MODES: dict[str, tuple[str, str, int, str, str] | None] = {
     **{name: None for name in ECHOES},
-    "postclf": ("256", "2", 1, "0", "uvloop"),
-    "postclf-asyncio": ("256", "2", 1, "0", "asyncio"),
-    "postclf-linger20": ("256", "2", 1, "20", "uvloop"),
-    "postclf-2proc": ("256", "2", 2, "0", "uvloop"),
+    "postclf": ("256", "2", 1, "20", "uvloop"),
+    "postclf-asyncio": ("256", "2", 1, "20", "asyncio"),
+    "postclf-linger0": ("256", "2", 1, "0", "uvloop"),
+    "postclf-2proc": ("256", "2", 2, "20", "uvloop"),
 }
 
 
@@ -394,7 +394,7 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
         / predict64["folded"],
         "64post_posts_per_s_vs_module_predict_at_64": big / predict64["module"],
         "64post_posts_per_s_vs_predict_at_256": big / predict256["folded"],
-        "1post_linger20_calls_per_s_vs_echo": med[("postclf-linger20", 1, 64, False)]["calls_per_s"]
+        "1post_linger0_calls_per_s_vs_echo": med[("postclf-linger0", 1, 64, False)]["calls_per_s"]
         / echo1["calls_per_s"],
         "1post_cpu_per_call_vs_echo": one["server_cpu_us_per_call"]
         / echo1["server_cpu_us_per_call"],

@@ -90,8 +90,8 @@ class ServerConfig:
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
     # How long the pool writer gathers Classify's best-effort entries into one durable write
-    # (0: write what is queued at once). IngestPosts never waits for it.
-    pool_linger_ms: float = 0.0  # bench.serving compares 0 and 20: no gain measured yet
+    # (0: write what is queued at once). IngestPosts never waits for it. 20: README, serving.
+    pool_linger_ms: float = 20.0
     bootstrap: bool = True  # train the demo model when the registry is empty
     bootstrap_data: Path = DEFAULT_DATA_DIR / "reviews.npz"
     # Share of each class's train rows the demo pools unlabeled, so the first nightly has real
