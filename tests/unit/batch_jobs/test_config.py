@@ -87,10 +87,11 @@ def test_query_policy_and_self_training_keys_build_from_plain_data() -> None:
     cfg = JobConfig.from_dict(
         {
             "query": {"strategy": "margin_committee", "sampling": "power", "random_share": 0.1},
-            "self_training": {"enabled": True, "thresholds": [0.9, 0.95]},
+            "self_training": {"enabled": True, "thresholds": [0.9, 0.95], "per_class": True},
         }
     )
     assert cfg.query.sampling == "power" and cfg.query.random_share == 0.1
     assert cfg.self_training.enabled and cfg.self_training.thresholds == (0.9, 0.95)
+    assert cfg.self_training.per_class
     with pytest.raises(InvalidInputError, match="treshold"):
         JobConfig.from_dict({"self_training": {"treshold": 0.9}})
