@@ -74,38 +74,45 @@ class PseudoLabels:
         return out
 
 
+def _lowest_threshold(
+    conf: np.ndarray, right: np.ndarray, cfg: SelfTrainConfig
+) -> tuple[float | None, float | None]:
+    """The lowest of `cfg.thresholds` whose rows (`conf (v,)` at or above it) number at least
+    `min_val_rows` and are `right (v,)` at `target_precision`; with that precision."""
+    for t in sorted(cfg.thresholds):
+        sure = conf >= t
+        if sure.sum() < cfg.min_val_rows:
+            break  # higher thresholds keep fewer rows still
+        precision = float(right[sure].mean())
+        if precision >= cfg.target_precision:
+            return t, precision
+    return None, None
+
+
 def choose_threshold(
     val_probs: np.ndarray, val_labels: np.ndarray, cfg: SelfTrainConfig
 ) -> tuple[float | None, float | None]:
     """(threshold, its validation precision) from `val_probs (v, C)`, `val_labels (v,)`."""
     conf, pred = val_probs.max(axis=1), val_probs.argmax(axis=1)  # (v,), (v,)
-    for t in sorted(cfg.thresholds):
-        sure = conf >= t
-        if sure.sum() >= cfg.min_val_rows:
-            precision = float((pred[sure] == val_labels[sure]).mean())
-            if precision >= cfg.target_precision:
-                return t, precision
-    return None, None
+    return _lowest_threshold(conf, pred == val_labels, cfg)
 
 
 def class_thresholds(
     val_probs: np.ndarray, val_labels: np.ndarray, cfg: SelfTrainConfig
 ) -> tuple[np.ndarray, float | None]:
     """`(C,)` thresholds (inf: that class gets no pseudo-labels) and the validation precision
-    of all rows they accept, from `val_probs (v, C)` and `val_labels (v,)`."""
+    of all rows they accept, from `val_probs (v, C)` and `val_labels (v,)`: the same rule as
+    `choose_threshold`, on each predicted class's rows."""
     conf, pred = val_probs.max(axis=1), val_probs.argmax(axis=1)  # (v,), (v,)
+    right = pred == val_labels  # (v,)
     out = np.full(val_probs.shape[1], np.inf)
     for c in range(val_probs.shape[1]):
         mine = pred == c
-        for t in sorted(cfg.thresholds):
-            sure = mine & (conf >= t)
-            if sure.sum() < cfg.min_val_rows:
-                break  # higher thresholds keep fewer rows still
-            if float((val_labels[sure] == c).mean()) >= cfg.target_precision:
-                out[c] = t
-                break
+        t, _ = _lowest_threshold(conf[mine], right[mine], cfg)
+        if t is not None:
+            out[c] = t
     taken = conf >= out[pred]
-    precision = float((pred[taken] == val_labels[taken]).mean()) if taken.any() else None
+    precision = float(right[taken].mean()) if taken.any() else None
     return out, precision
 
 

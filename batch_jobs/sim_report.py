@@ -135,14 +135,16 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
         name: _strategy_summary(runs, full_acc) for name, runs in raw["curves"].items() if runs
     }
     rand = strategies.get("random")
+    if rand is not None:
+        rand_final = rand["final"]["accuracy_mean"]
+        # The same question asked of the monotone fits of both mean curves (see `monotone`).
+        rand_fit = float(monotone(np.array(rand["accuracy"]["mean"]))[-1])
     for s in strategies.values():
         s["labels_to_random_final"] = s["labels_to_random_final_monotone"] = None
         if rand is None:
             continue
         acc, labels = np.array(s["accuracy"]["mean"]), np.array(s["labels"])
-        s["labels_to_random_final"] = labels_to_reach(labels, acc, rand["final"]["accuracy_mean"])
-        # The same question asked of the monotone fits of both mean curves (see `monotone`).
-        rand_fit = float(monotone(np.array(rand["accuracy"]["mean"]))[-1])
+        s["labels_to_random_final"] = labels_to_reach(labels, acc, rand_final)
         s["labels_to_random_final_monotone"] = labels_to_reach(labels, monotone(acc), rand_fit)
         s["steps_below_random_band"] = _below_band(s, rand)
     return {
