@@ -361,17 +361,30 @@ def _json_default(obj: object) -> object:
     raise TypeError(f"not JSON serialisable: {type(obj).__name__}")
 
 
-def merge(raws: list[dict]) -> dict:
+def with_defaults(config: dict, defaults: dict) -> dict:
+    """`config` with every key it lacks taken from `defaults`, nested dicts too: a run made
+    before a setting existed ran with that setting's default."""
+    out = dict(config)
+    for key, value in defaults.items():
+        if key not in out:
+            out[key] = value
+        elif isinstance(value, dict) and isinstance(out[key], dict):
+            out[key] = with_defaults(out[key], value)
+    return out
+
+
+def merge(raws: list[dict], defaults: dict | None = None) -> dict:
     """One raw document from runs under the same protocol that differ only in their seeds
-    (`--first-seed`) or strategies; full-data references are kept once per seed."""
-    first = raws[0]
+    (`--first-seed`) or strategies; full-data references are kept once per seed. Configs are
+    compared with missing keys filled from `defaults` (the current `SimConfig`'s)."""
+    configs = [with_defaults(r["config"], defaults or {}) for r in raws]
     strip = ("seeds", "first_seed", "strategies")
-    for r in raws[1:]:
-        if {k: v for k, v in r["config"].items() if k not in strip} != {
-            k: v for k, v in first["config"].items() if k not in strip
+    for config in configs[1:]:
+        if {k: v for k, v in config.items() if k not in strip} != {
+            k: v for k, v in configs[0].items() if k not in strip
         }:
             raise SystemExit("runs differ in more than their seeds: not merged")
-    merged: dict = {"config": dict(first["config"]), "full": [], "curves": {}}
+    merged: dict = {"config": configs[0], "full": [], "curves": {}}
     seen: set = set()
     for i, r in enumerate(raws):
         for k, f in enumerate(r["full"]):
@@ -395,7 +408,9 @@ def main(argv: list[str]) -> None:
         raise SystemExit("usage: python -m batch_jobs.sim_report DIR [RUN_DIR ...]")
     out = Path(argv[0])
     sources = [Path(a) for a in argv[1:]] or [out]
-    raw = merge([json.loads((d / "raw.json").read_text()) for d in sources])
+    from batch_jobs.simulate import config_defaults  # lazily: simulate imports this module
+
+    raw = merge([json.loads((d / "raw.json").read_text()) for d in sources], config_defaults())
     if argv[1:]:
         out.mkdir(parents=True, exist_ok=True)
         (out / "raw.json").write_text(json.dumps(raw))

@@ -135,6 +135,14 @@ class SimConfig:
     aggregate: str = "ds"  # ds (Dawid-Skene where rows have ≥ 2 answers) | mv
 
 
+def config_defaults() -> dict:
+    """A `SimConfig`'s defaults as stored in results.json (without dataset and strategies):
+    what a run made before a setting existed ran with (`sim_report.merge`)."""
+    out = asdict(SimConfig("", ()))
+    del out["dataset"], out["strategies"]
+    return out
+
+
 @dataclass
 class Curve:
     """One seed × one strategy: metrics at each evaluated step and per-step seconds."""

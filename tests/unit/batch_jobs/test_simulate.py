@@ -204,3 +204,25 @@ def test_seed_split_runs_merge_into_one_report(
     assert [f["seed"] for f in merged["full"]["per_seed"]] == [0, 1]  # once per seed
     with pytest.raises(SystemExit, match="differ"):
         sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "other")])
+
+
+def test_merge_fills_settings_older_runs_lack_with_their_defaults(
+    data_dir: Path, tmp_path: Path
+) -> None:
+    """A run made before a setting existed ran with its default: it still merges with a new
+    run at that default, and not with one that changed it."""
+    from batch_jobs import sim_report
+
+    _run(data_dir, tmp_path / "s0", "--strategies", "random")
+    _run(data_dir, tmp_path / "s1", "--strategies", "random", "--first-seed", "1")
+    raw = tmp_path / "s0" / "raw.json"
+    doc = json.loads(raw.read_text())
+    del doc["config"]["self_training"]["per_class"], doc["config"]["random_share"]
+    raw.write_text(json.dumps(doc))
+    sim_report.main([str(tmp_path / "m"), str(tmp_path / "s0"), str(tmp_path / "s1")])
+    merged = json.loads((tmp_path / "m" / "raw.json").read_text())
+    assert merged["config"]["self_training"]["per_class"] is False
+    assert merged["config"]["random_share"] == simulate.SimConfig("", ()).random_share
+    _run(data_dir, tmp_path / "pc", "--strategies", "random", "--self-per-class")
+    with pytest.raises(SystemExit, match="differ"):
+        sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "pc")])
