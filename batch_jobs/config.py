@@ -32,7 +32,10 @@ class QueryConfig:
     mc_samples: int = 20  # T for MC-Dropout strategies (bald)
     sampling: str = "top"  # top | power | softmax (acquisition.stochastic)
     temperature: float = 1.0  # sampling temperature T (weights score^(1/T) or exp(score/T))
-    cold_start_labels: int = 0  # below this many labeled non-gate posts: cold start (0 = never)
+    # Below this many labeled non-gate posts: typicality cold start (0 = never). 1,000 with
+    # self-training on: the simulator's best policy on reviews' val split (README, "Nightly
+    # default"); mnist_seed could judge only this part (within its noise, behind at 400 labels).
+    cold_start_labels: int = 1000
     cold_start_sample: int = 20_000  # uniform sample of eligible posts the cold start clusters
     random_share: float = 0.0  # share of each query drawn uniformly at random (a control)
 
@@ -161,7 +164,8 @@ class JobConfig:
     score_days: int = 0  # scoring window: 0 = posts since the last successful night
     misfire_grace_s: int = 3600  # scheduler: a run missed by less than this still happens
     crowd: CrowdConfig = field(default_factory=CrowdConfig)  # overlap, controls, aggregation
-    # Self-training in the retrain's fine-tune (off by default; batch_jobs.self_training).
+    # Self-training in the retrain's fine-tune (on by default, one threshold chosen on the
+    # gate set; batch_jobs.self_training, README "Nightly default").
     self_training: SelfTrainConfig = field(default_factory=SelfTrainConfig)
 
     def __post_init__(self) -> None:

@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from batch_jobs.config import QueryConfig
 from batch_jobs.export import COLUMNS, read_export
 from batch_jobs.labels import LabelRow, submit_labels
 from batch_jobs.nightly import run_nightly
@@ -43,8 +44,19 @@ def test_first_run_creates_and_exports_a_query(paths, job_cfg):
         assert run.status == "ok" and run.report["query_id"] == rep.query_id
 
 
-def test_export_folder_contents(paths, job_cfg, small):
+def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cfg):
+    """The nightly default (README, "Nightly default"): below `cold_start_labels` labeled
+    posts (541 here, under the default 1,000) the query is the typicality cold start."""
+    assert job_cfg.query.cold_start_labels == QueryConfig().cold_start_labels == 1000
     rep = run_nightly(paths, job_cfg, night=NIGHT)
+    table, _ = read_export(paths.exports / rep.query_id)
+    assert (table["reason"] == "cold-start:typical").all() and len(table) == 20
+    assert (table["strategy"] == "margin").all()  # the configured strategy, used once warm
+
+
+def test_export_folder_contents(paths, job_cfg, small):
+    plain = replace(job_cfg, query=replace(job_cfg.query, cold_start_labels=0))  # margin order
+    rep = run_nightly(paths, plain, night=NIGHT)
     folder = paths.exports / rep.query_id
     assert rep.export_path == str(folder)
     assert sorted(p.name for p in folder.iterdir()) == [

@@ -73,6 +73,8 @@ def test_promotes_and_records(paths, job_cfg, small):
     assert rep.status == "promoted", rep.reason
     assert (rep.parent, rep.version, rep.new_labels) == ("v0001", "v0002", 10)
     assert rep.gate_size > 0 and rep.train_size > 0
+    assert job_cfg.self_training.enabled  # the default: self-training ran and reported
+    assert rep.self_training is not None and rep.self_training["candidates"] > 0
     assert ModelRegistry(paths.models).current_version() == "v0002"
     with Ledger(paths.ledger) as ledger:
         rec = ledger.get_model("v0002")
