@@ -22,6 +22,7 @@ import argparse
 import json
 import os
 import time
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -35,21 +36,22 @@ from model.folded import bf16_is_fast
 from model.threads import set_threads
 from model.training import LabeledViews, TrainConfig, train_passive
 
+WARM = QueryConfig("margin", 100, cold_start_labels=0)  # the warm policies: no cold start
 POLICIES = {
-    "margin": QueryConfig("margin", 100, diversity=None, balance=False),
-    "margin+kmeans+balance": QueryConfig("margin", 100, diversity="kmeans", balance=True),
-    "margin+power+kmeans+balance": QueryConfig(
-        "margin", 100, diversity="kmeans", balance=True, sampling="power"
+    "margin": replace(WARM, diversity=None, balance=False),
+    "margin+kmeans+balance": replace(WARM, diversity="kmeans", balance=True),
+    "margin+power+kmeans+balance": replace(
+        WARM, diversity="kmeans", balance=True, sampling="power"
     ),
-    "margin_committee+kmeans+balance": QueryConfig(
-        "margin_committee", 100, diversity="kmeans", balance=True
+    "margin_committee+kmeans+balance": replace(
+        WARM, strategy="margin_committee", diversity="kmeans", balance=True
     ),
-    "margin+kmeans+balance+control": QueryConfig(
-        "margin", 100, diversity="kmeans", balance=True, random_share=0.1
+    "margin+kmeans+balance+control": replace(
+        WARM, diversity="kmeans", balance=True, random_share=0.1
     ),
 }
 PREFILTERS = ("auto", "off")
-COLD = ("typical cold start, 500 labeled", QueryConfig("margin", 100, cold_start_labels=10**9))
+COLD = ("typical-cold-start@500-labeled", replace(WARM, cold_start_labels=10**9))
 
 
 def main() -> None:
