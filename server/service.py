@@ -3,7 +3,8 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+import threading
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -34,6 +35,10 @@ class PostService:
     pool: Pool
     metrics: Metrics
     jobs: Jobs
+    # ListAssessors' answer per (label seq, classes): Dawid-Skene reads every label, so it
+    # runs once per new label, not once per call; the lock makes concurrent callers share it.
+    _assessors: tuple[tuple[int, tuple[str, ...]], list[AssessorQuality]] | None = None
+    _assessors_lock: threading.Lock = field(default_factory=threading.Lock)
 
     async def classify(
         self, post_ids: np.ndarray, views: Views, deadline: float | None, skip_pool: bool
@@ -106,7 +111,12 @@ class PostService:
     def assessors(self) -> tuple[list[AssessorQuality], float]:
         """Every assessor's quality as retraining would judge it now (and the floor)."""
         crowd = self.jobs.cfg.crowd
-        quality = assessor_quality(self.ledger, self.holder.require().classes, crowd)
+        classes = tuple(self.holder.require().classes)
+        with self._assessors_lock:
+            key = (self.ledger.label_seq(), classes)  # read first: a label after it recomputes
+            if self._assessors is None or self._assessors[0] != key:
+                self._assessors = (key, assessor_quality(self.ledger, classes, crowd))
+            quality = self._assessors[1]
         self.metrics.observe_assessors([{k: getattr(q, k) for k in GAUGED} for q in quality])
         return quality, crowd.quality_floor
 

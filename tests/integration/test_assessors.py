@@ -18,6 +18,7 @@ from batch_jobs.config import CrowdConfig
 from client.cli import EXIT_ERROR, EXIT_REJECTED, main
 from client.encode import arrays_to_posts
 from postclf.v1 import postclf_pb2 as pb
+from server import service as service_module
 from tests.conftest import TINY_JOBS
 from tests.integration.support import serving
 
@@ -66,7 +67,7 @@ def _label_studio_export(tasks: Path, dst: Path, email: str, answer) -> None:
 
 
 def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(
-    running, tmp_path, capsys, small_npz
+    running, tmp_path, capsys, small_npz, monkeypatch
 ):
     app, stub, admin = running
     d = small_npz
@@ -122,6 +123,20 @@ def test_adversarial_assessor_is_flagged_and_ds_labels_are_trained_on(
     printed = json.loads(capsys.readouterr().out)
     flagged = [a["assessor_id"] for a in printed["assessors"] if a["excluded"]]
     assert flagged == ["eve@example.org"]
+
+    # Dawid-Skene reruns on a new label only: not per call, not on an idempotent resubmission.
+    computed = []
+    real = service_module.assessor_quality
+    monkeypatch.setattr(
+        service_module, "assessor_quality", lambda *a: computed.append(1) or real(*a)
+    )
+    admin.ListAssessors(pb.ListAssessorsRequest(), timeout=30)
+    assert main(["--target", target, "submit-labels", str(tmp_path / "ann.csv")]) == 0
+    assert admin.ListAssessors(pb.ListAssessorsRequest(), timeout=30) == reply and not computed
+    _fill_csv(folder / "query.csv", tmp_path / "ann2.csv", "ann", wrong)  # ann changes her mind
+    assert main(["--target", target, "submit-labels", str(tmp_path / "ann2.csv")]) == 0
+    after = admin.ListAssessors(pb.ListAssessorsRequest(), timeout=30)
+    assert computed == [1] and after != reply
 
 
 def test_submit_labels_file_errors_are_per_row_and_keep_the_good_rows(
