@@ -544,6 +544,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="+self: one confidence threshold per predicted class (chosen on validation)",
     )
+    p.add_argument(
+        "--self-precision", type=float, help="+self: validation precision a threshold needs (0.9)"
+    )
+    p.add_argument(
+        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (1)"
+    )
     return p.parse_args(argv)
 
 
@@ -568,8 +574,14 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         raise SystemExit(f"duplicate strategies in {names!r}")
     if sim.get("eval_every", 1) < 1:
         raise SystemExit("--eval-every must be ≥ 1")
-    if args.self_per_class:
-        sim["self_training"] = SelfTrainConfig(True, per_class=True)
+    self_train = {
+        "per_class": args.self_per_class or None,
+        "target_precision": args.self_precision,
+        "max_ratio": args.self_max_ratio,
+    }
+    if any(v is not None for v in self_train.values()):
+        given = {k: v for k, v in self_train.items() if v is not None}
+        sim["self_training"] = SelfTrainConfig(True, **given)
     return SimConfig(strategies=specs, train=TrainConfig(**train), preset=args.preset, **sim)
 
 

@@ -226,3 +226,14 @@ def test_merge_fills_settings_older_runs_lack_with_their_defaults(
     _run(data_dir, tmp_path / "pc", "--strategies", "random", "--self-per-class")
     with pytest.raises(SystemExit, match="differ"):
         sim_report.main([str(tmp_path / "x"), str(tmp_path / "s0"), str(tmp_path / "pc")])
+
+
+def test_self_training_flags_set_its_config_and_nothing_else():
+    def cfg(*extra: str) -> simulate.SimConfig:
+        argv = ["--dataset", "d", "--strategies", "margin+self", "--out", "o", *extra]
+        return simulate.build_config(simulate.parse_args(argv))
+
+    assert cfg().self_training == simulate.SimConfig("", ()).self_training
+    st = cfg("--self-precision", "0.8", "--self-max-ratio", "2").self_training
+    assert (st.enabled, st.target_precision, st.max_ratio, st.per_class) == (True, 0.8, 2.0, False)
+    assert cfg("--self-per-class").self_training.per_class
