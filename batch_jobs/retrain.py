@@ -20,6 +20,7 @@ from batch_jobs.aggregation import aggregate_rows
 from batch_jobs.config import CrowdConfig, JobConfig, Paths
 from batch_jobs.faults import fault_point
 from batch_jobs.leases import RETRAIN, lease_for
+from batch_jobs.policy import CONTROL
 from batch_jobs.self_training import pool_sample, with_pseudo_labels
 from batch_jobs.stopping import stability
 from batch_jobs.stores import Stores, job_stores
@@ -65,10 +66,22 @@ class RetrainReport:
     self_training: dict[str, Any] | None = None
     # Stopping signal: share of gate posts the candidate predicts as the current model does.
     stability: float | None = None
+    # The random control share (QueryConfig.random_share): per query model, its answers and
+    # that model's accuracy on them, an estimate of its accuracy on the eligible pool that the
+    # strategy's choice of posts does not bias.
+    random_control: dict[str, dict[str, float]] = field(default_factory=dict)
     seconds: dict[str, float] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
+
+
+def random_control(ledger: Ledger) -> dict[str, dict[str, float]]:
+    """`{model_version: {"answers", "accuracy"}}` over the labels of random-control query items."""
+    return {
+        str(version): {"answers": n, "accuracy": round(agree / n, 4)}
+        for version, n, agree in ledger.answers_by_reason(CONTROL)
+    }
 
 
 def resolve_crowd(
@@ -151,6 +164,7 @@ def _retrain_locked(
         )
         return report
     resolved, report.aggregation = resolve_crowd(ledger, current.classes, cfg.crowd)
+    report.random_control = random_control(ledger)
     report.ties, report.unknown_class = resolved.ties, resolved.unknown_class
     data, hold, report.missing_embeddings = gather(stores.pool, resolved)
     if data is None:

@@ -364,6 +364,17 @@ class Ledger:
         )
         return [QueryItem(*r) for r in rows]
 
+    def answers_by_reason(self, reason: str) -> list[tuple[str | None, int, int]]:
+        """`(model_version, answers, agreeing)` per query model: labels given to query items
+        asked with `reason`, and how many equal the label that model predicted at query time."""
+        return self._read(
+            "SELECT q.model_version, COUNT(*), SUM(l.label = i.predicted_label) FROM labels l "
+            "JOIN query_items i ON i.query_id = l.query_id AND i.post_id = l.post_id "
+            "JOIN queries q ON q.query_id = i.query_id "
+            "WHERE i.reason = ? GROUP BY q.model_version ORDER BY q.model_version",
+            (reason,),
+        )
+
     def control_answers(self) -> list[tuple[str, str, str, str]]:
         """`(post_id, assessor_id, answer, gold_label)` of every label given to a control item
         of the query it names (the label's query_id)."""

@@ -137,6 +137,23 @@ def test_nightly_retrains_on_new_labels_and_queries_with_the_new_model(paths, jo
     assert (current == "v0002") == (second.retrain["status"] == "promoted")
 
 
+def test_retrain_reports_the_query_models_accuracy_on_its_random_control(paths, job_cfg, small):
+    cfg = replace(job_cfg, query=replace(job_cfg.query, random_share=0.25))
+    first = run_nightly(paths, cfg, night=NIGHT)
+    table, _ = read_export(paths.exports / first.query_id)
+    ctrl = table[table["reason"] == "control:random"]
+    assert len(ctrl) == 5  # 25% of 20
+    classes = small["class_names"].astype(str).tolist()
+    with Ledger(paths.ledger) as ledger:
+        items = [LabelRow(p, "ann", true_label(small, p), first.query_id) for p in first.post_ids]
+        assert submit_labels(ledger, classes, items).accepted == 20
+    second = run_nightly(paths, cfg, night=date(2026, 3, 2))
+    pairs = zip(ctrl.post_id, ctrl.predicted_label, strict=True)
+    right = [true_label(small, p) == c for p, c in pairs]
+    expected = {"answers": 5, "accuracy": round(float(np.mean(right)), 4)}
+    assert second.retrain["random_control"] == {"v0001": expected}  # the strategy's 15 aside
+
+
 def test_lease_held_by_a_live_holder_raises_busy(paths, job_cfg):
     with Ledger(paths.ledger) as ledger:
         ledger.acquire_lock("nightly", "other-replica", 60)
