@@ -23,7 +23,7 @@ import numpy as np
 from tqdm import tqdm
 
 from batch_jobs.active_step import ProposedQuery
-from batch_jobs.config import JobConfig, Paths
+from batch_jobs.config import JobConfig, Paths, QueryConfig
 from batch_jobs.export import export_query
 from batch_jobs.leases import NIGHTLY, lease_for
 from batch_jobs.policy import propose_policy
@@ -32,6 +32,7 @@ from batch_jobs.retrain import retrain
 from batch_jobs.runners import ModelRef
 from batch_jobs.scoring import PoolSource
 from batch_jobs.stores import Stores, job_stores
+from model.classifier import Classifier
 from model.registry import ModelRegistry
 from store.ledger import Ledger, QueryItem, QueryRecord
 from store.pool import Pool, id_hashes
@@ -158,9 +159,11 @@ def _run(
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
+            labeled = ledger.labeled_train_posts()
             proposed = propose_policy(
                 clf, model, source, extras.query(cfg.query), cfg.engine, seed, progress,
-                labeled_count=ledger.labeled_train_posts(),
+                labeled_count=labeled,
+                labeled_features=_labeled_features(ledger, pool, clf, labeled, cfg.query),
             )  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):
@@ -177,6 +180,18 @@ def _run(
     finally:
         stage.close()
         _peak_rss(report)
+
+
+def _labeled_features(
+    ledger: Ledger, pool: Pool, clf: Classifier, labeled: int, cfg: QueryConfig
+) -> np.ndarray | None:
+    """The model's features `(l, F)` of the labeled training posts while the cold start runs
+    (then l < cold_start_labels: bounded), so their clusters count as covered, as in the
+    simulator; None once it does not run."""
+    if labeled >= cfg.cold_start_labels:
+        return None
+    _, views = pool.get(ledger.labeled_train_post_ids(cfg.cold_start_labels))
+    return clf.predict(views, with_features=True).features if len(views) else None
 
 
 def _excluded(ledger: Ledger) -> np.ndarray:

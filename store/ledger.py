@@ -277,6 +277,15 @@ class Ledger:
             "WHERE p.holdout = 0"
         )[0][0]
 
+    def labeled_train_post_ids(self, limit: int) -> list[str]:
+        """At most `limit` of the posts `labeled_train_posts` counts."""
+        rows = self._read(
+            "SELECT DISTINCT l.post_id FROM labels l JOIN posts p USING (post_id) "
+            "WHERE p.holdout = 0 LIMIT ?",
+            (limit,),
+        )
+        return [r[0] for r in rows]
+
     def labeled_post_ids(self) -> set[str]:
         return {r[0] for r in self._read("SELECT DISTINCT post_id FROM labels")}
 

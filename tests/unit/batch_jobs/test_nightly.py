@@ -12,6 +12,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from batch_jobs import policy as policy_module
 from batch_jobs.config import QueryConfig
 from batch_jobs.export import COLUMNS, read_export
 from batch_jobs.labels import LabelRow, submit_labels
@@ -44,14 +45,26 @@ def test_first_run_creates_and_exports_a_query(paths, job_cfg):
         assert run.status == "ok" and run.report["query_id"] == rep.query_id
 
 
-def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cfg):
+def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cfg, monkeypatch):
     """The nightly default (README, "Nightly default"): below `cold_start_labels` labeled
-    posts (541 here, under the default 1,000) the query is the typicality cold start."""
+    posts (541 here, under the default 1,000) the query is the typicality cold start, and the
+    labeled posts' clusters count as covered (their features go in, as in the simulator)."""
     assert job_cfg.query.cold_start_labels == QueryConfig().cold_start_labels == 1000
+    seen = []
+    real = policy_module.typical_picks
+    monkeypatch.setattr(
+        policy_module,
+        "typical_picks",
+        lambda f, q, rng, lab: seen.append(lab) or real(f, q, rng, lab),
+    )
     rep = run_nightly(paths, job_cfg, night=NIGHT)
     table, _ = read_export(paths.exports / rep.query_id)
     assert (table["reason"] == "cold-start:typical").all() and len(table) == 20
     assert (table["strategy"] == "margin").all()  # the configured strategy, used once warm
+    with Ledger(paths.ledger) as ledger:
+        labeled = ledger.labeled_train_posts()
+    (features,) = seen
+    assert 0 < labeled < 1000 and features.shape[0] == labeled and features.shape[1] > 0
 
 
 def test_export_folder_contents(paths, job_cfg, small):
