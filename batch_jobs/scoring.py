@@ -214,7 +214,7 @@ def score_chunk(
     score_rng, tie_rng = chunk_rngs(seed, key)
     rows = _Eligible(chunk, idx, skipped, score_rng, tie_rng)
     if not STRATEGIES[cfg.strategy].reads_model:
-        return _score_model_free(clf, rows, cfg, m)
+        return _score_model_free(clf, rows, cfg, m, floor)
     if _prefilters(clf, cfg, prefilter, idx.size, m):
         return _score_prefiltered(clf, rows, cfg, m, floor)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
@@ -233,9 +233,14 @@ class _Eligible:
     tie_rng: np.random.Generator
 
 
-def _score_model_free(clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int) -> Scored:
+def _score_model_free(
+    clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int, floor: float = -np.inf
+) -> Scored:
     """A score that ignores the model (random): the same draws as `score_views`, then the
-    model runs on the best `m` rows only, so the predicted histogram covers those rows."""
+    model runs on the best `m` rows only, and of those only on rows at or above `floor`
+    (the other chunks' merged m-th best: rows below it cannot be picked), so the predicted
+    histogram covers those rows. A uniform sample of m rows of N then runs the model on about
+    m·(1 + ln(N/m)) rows instead of N (the cold start's 20k sample of a 100M-post night)."""
     chunk, idx, skipped = rows.chunk, rows.idx, rows.skipped
     score_rng, tie_rng = rows.score_rng, rows.tie_rng
     strategy = STRATEGIES[cfg.strategy]
@@ -244,6 +249,9 @@ def _score_model_free(clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int
     scores = perturb(raw, strategy.floor, cfg.sampling, cfg.temperature, score_rng)  # (k,)
     keys = tie_rng.random(idx.size)
     best = np.lexsort((keys, -scores))[:m]  # (m,) the rows `Scored.top` keeps
+    # Exact: a tie at the floor may still enter. One row stays, so the chunk's result has
+    # the features' width for the merge.
+    best = best[: max(1, int((scores[best] >= floor).sum()))]
     pred = _predict(clf, chunk.views.take(idx[best]), cfg.diversity is not None, False)
     feats = pred.features if pred.features is not None else np.empty((best.size, 0), np.float32)
     out = _scored(clf, chunk, idx[best], scores[best], keys[best], pred.probs, feats, skipped)

@@ -162,6 +162,32 @@ def test_a_model_free_score_runs_the_model_on_kept_rows_only_and_keeps_the_same(
     assert fast.histogram.sum() == 9 and full.histogram.sum() == fast.scored
 
 
+def test_a_model_free_score_skips_rows_below_the_other_chunks_floor(
+    tiny_model, pool_views, monkeypatch
+):
+    """The cold start's uniform sample runs the model on ~m·(1 + ln(N/m)) rows, not N, and
+    picks the same rows as without the floor (which runs it on the best m of every chunk)."""
+    source = MemorySource(pool_views, np.ones(len(pool_views), bool), CHUNK)
+    cfg = QueryConfig("random", 10, 3, "kmeans")  # m = 30 of 97 per chunk
+    predicted: list[int] = []
+    real = scoring._predict
+    monkeypatch.setattr(
+        scoring,
+        "_predict",
+        lambda clf, v, *a, **k: predicted.append(len(v)) or real(clf, v, *a, **k),
+    )
+    floored = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    with_floor, predicted[:] = sum(predicted), []
+    monkeypatch.setattr("batch_jobs.runners.mth_best", lambda keys, m: -np.inf)
+    plain = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    assert floored.indices.tolist() == plain.indices.tolist()
+    per_chunk = [min(30, r.stop - r.start) for r in source.refs()]
+    assert sum(predicted) == sum(per_chunk) and with_floor < 0.5 * sum(predicted)
+    ref = source.refs()[0]
+    empty = score_chunk(tiny_model, source.load(ref), cfg, 30, SEED, source.key(ref), "off", 2.0)
+    assert len(empty.rows) == 1 and empty.scored == CHUNK  # all below: the model ran on one
+
+
 @pytest.fixture(scope="module")
 def big_chunk(small_npz) -> Views:
     """Reviews rows tiled with a little noise to one chunk above the prefilter's minimum, with
