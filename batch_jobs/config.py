@@ -37,7 +37,9 @@ class QueryConfig:
     # default"); mnist_seed could judge only this part (within its noise, behind at 400 labels).
     cold_start_labels: int = 1000
     cold_start_sample: int = 20_000  # uniform sample of eligible posts the cold start clusters
-    random_share: float = 0.0  # share of each query drawn uniformly at random (a control)
+    # Share of each query drawn uniformly at random (at least one row): an unbiased control
+    # (the retrain report's random_control); it costs labels (README, "Nightly default").
+    random_share: float = 0.05
 
     def __post_init__(self) -> None:
         if self.diversity == "none":  # TOML and the environment cannot say None

@@ -119,7 +119,9 @@ class SimConfig:
     temperature: float = 1.0  # of +power / +softmax sampling
     cold_start_labels: int = 1000  # +typical: typicality queries while fewer labels exist
     cold_start_sample: int = 20_000
-    random_share: float = 0.1  # +control: this share of each query is drawn at random
+    random_share: float = (
+        0.05  # +control: this share of each query is drawn at random (nightly default)
+    )
     self_training: SelfTrainConfig = field(default_factory=lambda: SelfTrainConfig(True))
     stability_rows: int = 5000  # unlabeled pool rows the stopping signal compares on
     candidate_factor: int = 10
@@ -515,7 +517,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--cold-start-labels", type=int, help="+typical: typicality below this many labels (1000)"
     )
-    p.add_argument("--random-share", type=float, help="+control: random share of a query (0.1)")
+    p.add_argument("--random-share", type=float, help="+control: random share of a query (0.05)")
     p.add_argument(
         "--self-label",
         type=float,

@@ -47,8 +47,9 @@ def test_first_run_creates_and_exports_a_query(paths, job_cfg):
 
 def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cfg, monkeypatch):
     """The nightly default (README, "Nightly default"): below `cold_start_labels` labeled
-    posts (541 here, under the default 1,000) the query is the typicality cold start, and the
-    labeled posts' clusters count as covered (their features go in, as in the simulator)."""
+    posts (541 here, under the default 1,000) the query is the typicality cold start plus
+    the random control row, and the labeled posts' clusters count as covered (their features
+    go in, as in the simulator)."""
     assert job_cfg.query.cold_start_labels == QueryConfig().cold_start_labels == 1000
     seen = []
     real = policy_module.typical_picks
@@ -59,7 +60,9 @@ def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cf
     )
     rep = run_nightly(paths, job_cfg, night=NIGHT)
     table, _ = read_export(paths.exports / rep.query_id)
-    assert (table["reason"] == "cold-start:typical").all() and len(table) == 20
+    assert job_cfg.query.random_share == QueryConfig().random_share == 0.05  # one row of 20
+    reasons = table["reason"].value_counts().to_dict()
+    assert reasons == {"cold-start:typical": 19, "control:random": 1}
     assert (table["strategy"] == "margin").all()  # the configured strategy, used once warm
     with Ledger(paths.ledger) as ledger:
         labeled = ledger.labeled_train_posts()
@@ -68,7 +71,8 @@ def test_default_policy_queries_typical_posts_while_labels_are_few(paths, job_cf
 
 
 def test_export_folder_contents(paths, job_cfg, small):
-    plain = replace(job_cfg, query=replace(job_cfg.query, cold_start_labels=0))  # margin order
+    query = replace(job_cfg.query, cold_start_labels=0, random_share=0.0)  # plain margin order
+    plain = replace(job_cfg, query=query)
     rep = run_nightly(paths, plain, night=NIGHT)
     folder = paths.exports / rep.query_id
     assert rep.export_path == str(folder)

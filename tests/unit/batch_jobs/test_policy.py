@@ -45,7 +45,7 @@ def test_control_share_is_random_distinct_and_labelled(tiny_model, pool_views) -
 def test_cold_start_below_the_threshold_only(tiny_model, pool_views) -> None:
     labeled = np.zeros(len(pool_views), bool)
     labeled[:30] = True
-    cfg = QueryConfig(query_size=10, cold_start_labels=31, cold_start_sample=500)
+    cfg = QueryConfig(query_size=10, cold_start_labels=31, cold_start_sample=500, random_share=0.0)
     cold = propose_in_memory(tiny_model, pool_views, labeled, cfg, np.random.default_rng(0))
     assert (cold.reasons == "cold-start:typical").all() and not labeled[cold.indices].any()
     assert np.unique(cold.indices).shape == (10,)
