@@ -58,6 +58,10 @@ class QueryConfig:
         if not 0.0 <= self.random_share <= 1.0:
             raise InvalidInputError(f"must be in [0, 1], got {self.random_share}", "random_share")
 
+    def cold(self, labeled: int) -> bool:
+        """Whether `labeled` labeled non-gate posts are few enough for the cold start."""
+        return labeled < self.cold_start_labels
+
 
 @dataclass(frozen=True)
 class EngineConfig:

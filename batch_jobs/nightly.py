@@ -159,11 +159,11 @@ def _run(
         with stage("score"):
             model = ModelRef(paths.models, str(report.model_version))
             seed = (cfg.seed, night.toordinal())
-            labeled = ledger.labeled_train_posts()
+            query, labeled = extras.query(cfg.query), ledger.labeled_train_posts()
             proposed = propose_policy(
-                clf, model, source, extras.query(cfg.query), cfg.engine, seed, progress,
+                clf, model, source, query, cfg.engine, seed, progress,
                 labeled_count=labeled,
-                labeled_features=_labeled_features(ledger, pool, clf, labeled, cfg.query),
+                labeled_features=_labeled_features(ledger, pool, clf, labeled, query),
             )  # fmt: skip
         _account(report, proposed, cfg)
         if not len(proposed.indices):
@@ -188,7 +188,7 @@ def _labeled_features(
     """The model's features `(l, F)` of the labeled training posts while the cold start runs
     (then l < cold_start_labels: bounded), so their clusters count as covered, as in the
     simulator; None once it does not run."""
-    if labeled >= cfg.cold_start_labels:
+    if not cfg.cold(labeled):
         return None
     _, views = pool.get(ledger.labeled_train_post_ids(cfg.cold_start_labels))
     return clf.predict(views, with_features=True).features if len(views) else None

@@ -52,10 +52,9 @@ def propose_policy(
 
     `labeled_count` decides the cold start; `labeled_features (l, F)` (the model's features of
     the labeled posts, when the caller has them) count towards cluster coverage."""
-    cold = labeled_count < cfg.cold_start_labels
     main = (
         cold_start(clf, model, source, cfg, engine, seed, labeled_features)
-        if cold
+        if cfg.cold(labeled_count)
         else propose(clf, model, source, cfg, engine, seed, progress)
     )
     r = control_count(cfg.query_size, cfg.random_share)
@@ -127,10 +126,9 @@ def propose_in_memory(
     `engine` defaults to `EngineConfig()` (this process, the bf16 prefilter where fast)."""
     seed = tuple(int(x) for x in rng.integers(0, 2**32, 2))
     source = MemorySource(views, ~labeled, chunk_rows)
-    cold = int(labeled.sum()) < cfg.cold_start_labels
     feats = (
         clf.predict(views.take(np.flatnonzero(labeled)), with_features=True).features
-        if cold
+        if cfg.cold(int(labeled.sum()))
         else None
     )
     return propose_policy(

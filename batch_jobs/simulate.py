@@ -119,10 +119,8 @@ class SimConfig:
     temperature: float = 1.0  # of +power / +softmax sampling
     cold_start_labels: int = 1000  # +typical: typicality queries while fewer labels exist
     cold_start_sample: int = 20_000
-    random_share: float = (
-        0.05  # +control: this share of each query is drawn at random (nightly default)
-    )
-    self_training: SelfTrainConfig = field(default_factory=lambda: SelfTrainConfig(True))
+    random_share: float = 0.05  # +control: this share of each query drawn at random
+    self_training: SelfTrainConfig = field(default_factory=SelfTrainConfig)
     stability_rows: int = 5000  # unlabeled pool rows the stopping signal compares on
     candidate_factor: int = 10
     mc_samples: int = 20
@@ -550,7 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--self-precision", type=float, help="+self: validation precision a threshold needs (0.9)"
     )
     p.add_argument(
-        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (1)"
+        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (2)"
     )
     return p.parse_args(argv)
 
@@ -583,7 +581,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
     }
     if any(v is not None for v in self_train.values()):
         given = {k: v for k, v in self_train.items() if v is not None}
-        sim["self_training"] = SelfTrainConfig(True, **given)
+        sim["self_training"] = SelfTrainConfig(**given)
     return SimConfig(strategies=specs, train=TrainConfig(**train), preset=args.preset, **sim)
 
 

@@ -61,6 +61,8 @@ def job_config(spec: dict):  # type: ignore[no-untyped-def]  # lazy: the parent 
         diversity="kmeans" if "kmeans" in stages else None,
         balance="balance" in stages,
         mc_samples=spec["mc_samples"],
+        cold_start_labels=0,  # the named config on every night, not the default's cold start
+        random_share=0.0,
     )
     engine = EngineConfig(
         engine=spec["runner"], workers=spec["workers"], torch_threads=1,

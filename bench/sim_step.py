@@ -36,7 +36,8 @@ from model.folded import bf16_is_fast
 from model.threads import set_threads
 from model.training import LabeledViews, TrainConfig, train_passive
 
-WARM = QueryConfig("margin", 100, cold_start_labels=0)  # the warm policies: no cold start
+# The policies as named: no cold start and no control share unless the name says so.
+WARM = QueryConfig("margin", 100, cold_start_labels=0, random_share=0.0)
 POLICIES = {
     "margin": replace(WARM, diversity=None, balance=False),
     "margin+kmeans+balance": replace(WARM, diversity="kmeans", balance=True),
@@ -47,7 +48,7 @@ POLICIES = {
         WARM, strategy="margin_committee", diversity="kmeans", balance=True
     ),
     "margin+kmeans+balance+control": replace(
-        WARM, diversity="kmeans", balance=True, random_share=0.1
+        WARM, diversity="kmeans", balance=True, random_share=QueryConfig().random_share
     ),
 }
 PREFILTERS = ("auto", "off")

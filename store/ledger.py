@@ -269,21 +269,16 @@ class Ledger:
     def count_labels_since(self, seq: int) -> int:
         return self._read("SELECT COUNT(*) FROM labels WHERE seq > ?", (seq,))[0][0]
 
+    # Non-holdout posts with at least one label: what training learns from (gate posts never).
+    _LABELED_TRAIN = "FROM labels l JOIN posts p USING (post_id) WHERE p.holdout = 0"
+
     def labeled_train_posts(self) -> int:
-        """Distinct non-holdout posts with at least one label: what training learns from (a post
-        labeled by three assessors counts once; gate posts are never trained on)."""
-        return self._read(
-            "SELECT COUNT(DISTINCT l.post_id) FROM labels l JOIN posts p USING (post_id) "
-            "WHERE p.holdout = 0"
-        )[0][0]
+        """Distinct labeled training posts (a post labeled by three assessors counts once)."""
+        return self._read(f"SELECT COUNT(DISTINCT l.post_id) {self._LABELED_TRAIN}")[0][0]
 
     def labeled_train_post_ids(self, limit: int) -> list[str]:
         """At most `limit` of the posts `labeled_train_posts` counts."""
-        rows = self._read(
-            "SELECT DISTINCT l.post_id FROM labels l JOIN posts p USING (post_id) "
-            "WHERE p.holdout = 0 LIMIT ?",
-            (limit,),
-        )
+        rows = self._read(f"SELECT DISTINCT l.post_id {self._LABELED_TRAIN} LIMIT ?", (limit,))
         return [r[0] for r in rows]
 
     def labeled_post_ids(self) -> set[str]:
