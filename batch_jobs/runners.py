@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
+from acquisition.scores import STRATEGIES
 from batch_jobs.config import EngineConfig, QueryConfig
-from batch_jobs.scoring import Scored, Source, mth_best, score_chunk
+from batch_jobs.scoring import Scored, Source, mth_best, predict_kept, score_chunk
 from model.classifier import Classifier
 from model.registry import ModelRegistry
 from model.threads import set_threads
@@ -59,7 +60,9 @@ def run_scoring(
     engine: EngineConfig,
     progress: bool = False,
 ) -> Scored:
-    """Score every chunk of `task.source`; the merged best `m` with whole-pool counts."""
+    """Score every chunk of `task.source`; the merged best `m` with whole-pool counts. A
+    model-free score (random) ranks rows without the model; the model then runs here on the
+    merged best `m` alone (read by locator), so on m rows of the pool on every runner."""
     refs = task.source.refs()
     total = sum(r.stop - r.start for r in refs)  # type: ignore[attr-defined]
     bar = tqdm(total=total, desc="score", unit="post", unit_scale=True, disable=not progress)
@@ -74,6 +77,8 @@ def run_scoring(
             bar.update(rows)
     finally:
         bar.close()
+    if not STRATEGIES[task.cfg.strategy].reads_model:
+        acc = predict_kept(clf, task.source, acc, task.cfg)
     return acc
 
 

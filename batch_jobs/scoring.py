@@ -52,6 +52,10 @@ class Source(Protocol):
 
     def key(self, ref: object) -> int: ...
 
+    def load_rows(self, part: int, rows: np.ndarray) -> Views:
+        """The views of `rows (k,)` of one part (a segment), read by locator."""
+        ...
+
 
 @dataclass
 class Scored:
@@ -214,7 +218,7 @@ def score_chunk(
     score_rng, tie_rng = chunk_rngs(seed, key)
     rows = _Eligible(chunk, idx, skipped, score_rng, tie_rng)
     if not STRATEGIES[cfg.strategy].reads_model:
-        return _score_model_free(clf, rows, cfg, m, floor)
+        return _model_free_keys(clf, rows, cfg, m)
     if _prefilters(clf, cfg, prefilter, idx.size, m):
         return _score_prefiltered(clf, rows, cfg, m, floor)
     scores, probs, feats = score_views(clf, chunk.views.take(idx), cfg, score_rng)
@@ -233,32 +237,49 @@ class _Eligible:
     tie_rng: np.random.Generator
 
 
-def _score_model_free(
-    clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int, floor: float = -np.inf
-) -> Scored:
-    """A score that ignores the model (random): the same draws as `score_views`, then the
-    model runs on the best `m` rows only, and of those only on rows at or above `floor`
-    (the other chunks' merged m-th best: rows below it cannot be picked), so the predicted
-    histogram covers those rows. A uniform sample of m rows of N then runs the model on about
-    m·(1 + ln(N/m)) rows instead of N (the cold start's 20k sample of a 100M-post night)."""
-    chunk, idx, skipped = rows.chunk, rows.idx, rows.skipped
-    score_rng, tie_rng = rows.score_rng, rows.tie_rng
+def _model_free_keys(clf: Classifier, rows: _Eligible, cfg: QueryConfig, m: int) -> Scored:
+    """A score that ignores the model (random): the same draws as `score_views`, the best `m`
+    rows kept with no model output yet (`predict_kept` adds it to the merged best m, so the
+    model runs on m rows of the whole pool, whatever the runner). The histogram stays empty."""
+    chunk, idx = rows.chunk, rows.idx
     strategy = STRATEGIES[cfg.strategy]
     shape_only = np.zeros((idx.size, len(clf.classes)), np.float32)  # (k, C)
-    raw = strategy.score(shape_only, score_rng)
-    scores = perturb(raw, strategy.floor, cfg.sampling, cfg.temperature, score_rng)  # (k,)
-    keys = tie_rng.random(idx.size)
+    raw = strategy.score(shape_only, rows.score_rng)
+    scores = perturb(raw, strategy.floor, cfg.sampling, cfg.temperature, rows.score_rng)  # (k,)
+    keys = rows.tie_rng.random(idx.size)
     best = np.lexsort((keys, -scores))[:m]  # (m,) the rows `Scored.top` keeps
-    # Exact: a tie at the floor may still enter. One row stays, so the chunk's result has
-    # the features' width for the merge.
-    best = best[: max(1, int((scores[best] >= floor).sum()))]
-    pred = _predict(clf, chunk.views.take(idx[best]), cfg.diversity is not None, False)
-    feats = pred.features if pred.features is not None else np.empty((best.size, 0), np.float32)
-    out = _scored(clf, chunk, idx[best], scores[best], keys[best], pred.probs, feats, skipped)
-    out.scored = int(idx.size)
-    out.score_sum, out.score_min = float(scores.sum()), float(scores.min())
-    out.score_max = float(scores.max())
-    return out.top(m)
+    kept = idx[best]
+    return Scored(
+        np.full(kept.size, chunk.part, np.int64), chunk.rows[kept], chunk.hashes[kept],
+        np.asarray(scores[best], np.float64), keys[best], np.zeros(kept.size, np.int64),
+        np.zeros(kept.size, np.float32), np.zeros((kept.size, 0), np.float32),
+        np.zeros(len(clf.classes), np.int64), int(idx.size), rows.skipped,
+        float(scores.sum()), float(scores.min()), float(scores.max()),
+    )  # fmt: skip
+
+
+def predict_kept(clf: Classifier, source: Source, kept: Scored, cfg: QueryConfig) -> Scored:
+    """The model's outputs (class, confidence, features; histogram of these rows) for the
+    merged best rows of a model-free score: their views are read by locator from `source`."""
+    if not kept.rows.size:
+        return kept
+    parts = np.unique(kept.part)
+    order = np.concatenate([np.flatnonzero(kept.part == p) for p in parts])  # grouped by part
+    views = Views.concat([source.load_rows(int(p), kept.rows[kept.part == p]) for p in parts])
+    pred = _predict(clf, views, cfg.diversity is not None, False)
+    back = np.empty_like(order)
+    back[order] = np.arange(order.size)  # kept row i sits at back[i] of `views`
+    probs = pred.probs[back]
+    predicted = probs.argmax(1)
+    feats = np.zeros((kept.rows.size, 0), np.float32)
+    if pred.features is not None and pred.features.shape[1]:
+        feats = pred.features[back]
+    out = kept._rows(np.arange(kept.rows.size))
+    out.predicted = predicted.astype(np.int64)
+    out.confidence = probs[np.arange(predicted.size), predicted].astype(np.float32)
+    out.features = np.ascontiguousarray(feats, np.float32)
+    out.histogram = np.bincount(predicted, minlength=len(clf.classes)).astype(np.int64)
+    return out
 
 
 PREFILTER_MIN_ROWS = 2048  # below this a chunk is scored in float32 alone
@@ -410,6 +431,9 @@ class MemorySource:
         assert isinstance(ref, MemoryRef)
         return ref.start
 
+    def load_rows(self, part: int, rows: np.ndarray) -> Views:
+        return self.views.take(rows)
+
 
 @dataclass
 class PoolSource:
@@ -464,6 +488,9 @@ class PoolSource:
                 "outside_window": int((fresh & ~window).sum()),
             },
         )
+
+    def load_rows(self, part: int, rows: np.ndarray) -> Views:
+        return self.pool.rows(self.segments[part], rows)
 
     def key(self, ref: object) -> int:
         assert isinstance(ref, ChunkRef)

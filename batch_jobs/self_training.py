@@ -6,7 +6,8 @@ active-phase fine-tune. One implementation for the nightly retrain and the simul
   `target_precision` on at least `min_val_rows` rows; none qualifies → no pseudo-labels.
   With `per_class`, one such threshold per predicted class, on that class's rows.
 - Per-class caps: at most `ceil(max_ratio · true labels / classes)` per predicted class (the
-  most confident first), so a dominant class cannot flood the fine-tune.
+  most confident first, or a uniform draw with `order="random"`), so a dominant class cannot
+  flood the fine-tune.
 - Callers pass only eligible pool rows: never labeled, queried, gate or holdout posts.
 """
 
@@ -42,12 +43,19 @@ class SelfTrainConfig:
     # validation rows (at least `min_val_rows` of them; a class with fewer gets none). A
     # global threshold lets the classes that absorb the rare ones (confident, wrong) in.
     per_class: bool = False
+    # Which qualifying rows fill a class's cap: "confident" (most confident first: the
+    # precision is above the validation estimate, the rows are the least informative) or
+    # "random" (a uniform draw among the rows at or above the threshold: the precision the
+    # validation split estimated, rows nearer the boundary).
+    order: str = "confident"
 
     def __post_init__(self) -> None:
         if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
             raise InvalidInputError("need one or more values in (0, 1)", "self_training.thresholds")
         if not 0.0 < self.target_precision <= 1.0:
             raise InvalidInputError("must be in (0, 1]", "self_training.target_precision")
+        if self.order not in ("confident", "random"):
+            raise InvalidInputError('must be "confident" or "random"', "self_training.order")
         if self.max_ratio < 0 or self.min_val_rows < 1 or self.max_pool < 1:
             raise InvalidInputError(
                 "max_ratio >= 0, min_val_rows >= 1, max_pool >= 1", "self_training"
@@ -142,7 +150,10 @@ def select_pseudo(
     conf, pred = probs.max(axis=1), probs.argmax(axis=1)
     cap = math.ceil(cfg.max_ratio * n_true / probs.shape[1])
     sure = np.flatnonzero(conf >= per[pred])
-    sure = sure[np.lexsort((sure, -conf[sure]))]  # most confident first, ties by row
+    if cfg.order == "random":  # a seeded shuffle: same inputs, same pseudo-labels
+        sure = np.random.default_rng([n_true, probs.shape[0]]).permutation(sure)
+    else:
+        sure = sure[np.lexsort((sure, -conf[sure]))]  # most confident first, ties by row
     order = np.argsort(pred[sure], kind="stable")  # grouped by class, confidence order kept
     grouped = sure[order]
     starts = np.searchsorted(pred[grouped], np.arange(probs.shape[1]))

@@ -550,6 +550,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (2)"
     )
+    p.add_argument(
+        "--self-order",
+        choices=["confident", "random"],
+        help="+self: which rows above the threshold fill a class's cap (confident)",
+    )
     return p.parse_args(argv)
 
 
@@ -578,6 +583,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         "per_class": args.self_per_class or None,
         "target_precision": args.self_precision,
         "max_ratio": args.self_max_ratio,
+        "order": args.self_order,
     }
     if any(v is not None for v in self_train.values()):
         given = {k: v for k, v in self_train.items() if v is not None}

@@ -324,6 +324,12 @@ class Pool:
         rec = self._records(ref.segment, ref.start, ref.stop)
         return Chunk(rec["hash"], rec["arrived_ns"], self._views(ref.segment, ref.start, ref.stop))
 
+    def rows(self, segment: str, rows: np.ndarray) -> Views:
+        """The views of `rows (k,)` of one segment, in that order; only those rows are read."""
+        rows = np.asarray(rows, np.int64)
+        stop = int(rows.max()) + 1 if rows.size else 0
+        return self._views(segment, 0, stop, rows)
+
     def _views(self, segment: str, start: int, stop: int, rows: np.ndarray | None = None) -> Views:
         arrays: dict[str, np.ndarray | None] = {}
         for mod in MODALITIES:

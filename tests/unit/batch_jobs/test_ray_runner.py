@@ -21,7 +21,7 @@ def local_ray() -> Iterator[None]:
     ray.shutdown()
 
 
-@pytest.mark.parametrize("strategy", ["margin", "bald"])
+@pytest.mark.parametrize("strategy", ["margin", "bald", "random"])
 def test_ray_selects_what_local_selects(paths, job_cfg, local_ray, strategy):
     query = replace(job_cfg.query, strategy=strategy, diversity="kmeans", balance=True)
     cfg = replace(job_cfg, query=query, engine=EngineConfig(chunk_rows=128))

@@ -38,6 +38,8 @@ def whole_pool_selection(clf, source: MemorySource, cfg: QueryConfig) -> tuple[l
     for p in parts:
         allrows = allrows.merge(p, 1 << 30)
     s = allrows  # nothing was dropped: m is larger than the pool
+    if not STRATEGIES[cfg.strategy].reads_model:  # the model runs on the kept rows last
+        s = scoring.predict_kept(clf, source, s, cfg)
     order = np.argsort(s.rows)  # back to pool order: nothing was dropped
     rows, scores, keys = s.rows[order], s.scores[order], s.keys[order]
     feats, pred = s.features[order], s.predicted[order]
@@ -137,7 +139,14 @@ def test_sorted_contains_matches_isin():
     assert not sorted_contains(np.zeros(0, np.uint64), values).any()
 
 
-def test_a_model_free_score_runs_the_model_on_kept_rows_only_and_keeps_the_same(
+def _random_reads_the_model(monkeypatch) -> None:
+    """`random` as if it read the model: every chunk's best m get the model's outputs there."""
+    strategies = dict(STRATEGIES) | {"random": replace(STRATEGIES["random"], reads_model=True)}
+    monkeypatch.setattr("batch_jobs.scoring.STRATEGIES", strategies)
+    monkeypatch.setattr("batch_jobs.runners.STRATEGIES", strategies)
+
+
+def test_a_model_free_chunk_keeps_the_same_rows_without_running_the_model(
     tiny_model, pool_views, monkeypatch
 ):
     eligible = np.random.default_rng(5).random(len(pool_views)) < 0.7
@@ -148,27 +157,29 @@ def test_a_model_free_score_runs_the_model_on_kept_rows_only_and_keeps_the_same(
     def chunk_result() -> Scored:
         return score_chunk(tiny_model, source.load(ref), cfg, 9, SEED, source.key(ref))
 
+    monkeypatch.setattr(scoring, "_predict", lambda *a, **k: pytest.fail("the model ran"))
     fast = chunk_result()
-    strategies = dict(STRATEGIES) | {"random": replace(STRATEGIES["random"], reads_model=True)}
-    monkeypatch.setattr("batch_jobs.scoring.STRATEGIES", strategies)
+    monkeypatch.undo()
+    _random_reads_the_model(monkeypatch)
     full = chunk_result()
     assert fast.rows.tolist() == full.rows.tolist()
     assert np.array_equal(fast.scores, full.scores) and np.array_equal(fast.keys, full.keys)
-    assert fast.predicted.tolist() == full.predicted.tolist()
-    np.testing.assert_allclose(fast.features, full.features, rtol=1e-5, atol=1e-6)
     assert (fast.scored, fast.score_sum, fast.score_max) == (
         full.scored, full.score_sum, full.score_max
     )  # fmt: skip
-    assert fast.histogram.sum() == 9 and full.histogram.sum() == fast.scored
+    assert fast.histogram.sum() == 0 and fast.features.shape == (9, 0)
 
 
-def test_a_model_free_score_skips_rows_below_the_other_chunks_floor(
-    tiny_model, pool_views, monkeypatch
+@pytest.mark.parametrize("chunk_rows", [CHUNK, 10_000])
+def test_a_model_free_score_runs_the_model_on_the_merged_best_m_only(
+    tiny_model, pool_views, monkeypatch, chunk_rows
 ):
-    """The cold start's uniform sample runs the model on ~m·(1 + ln(N/m)) rows, not N, and
-    picks the same rows as without the floor (which runs it on the best m of every chunk)."""
-    source = MemorySource(pool_views, np.ones(len(pool_views), bool), CHUNK)
-    cfg = QueryConfig("random", 10, 3, "kmeans")  # m = 30 of 97 per chunk
+    """The cold start's uniform sample (m rows of N) runs the model on those m rows, not on
+    the best m of every chunk (all N when m >= a chunk), and picks what the model-reading path
+    picks, with the same predictions and features."""
+    eligible = np.random.default_rng(3).random(len(pool_views)) < 0.8
+    source = MemorySource(pool_views, eligible, chunk_rows)
+    cfg = QueryConfig("random", 10, 3, "kmeans", True)  # m = 30
     predicted: list[int] = []
     real = scoring._predict
     monkeypatch.setattr(
@@ -176,16 +187,27 @@ def test_a_model_free_score_skips_rows_below_the_other_chunks_floor(
         "_predict",
         lambda clf, v, *a, **k: predicted.append(len(v)) or real(clf, v, *a, **k),
     )
-    floored = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
-    with_floor, predicted[:] = sum(predicted), []
-    monkeypatch.setattr("batch_jobs.runners.mth_best", lambda keys, m: -np.inf)
-    plain = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
-    assert floored.indices.tolist() == plain.indices.tolist()
-    per_chunk = [min(30, r.stop - r.start) for r in source.refs()]
-    assert sum(predicted) == sum(per_chunk) and with_floor < 0.5 * sum(predicted)
-    ref = source.refs()[0]
-    empty = score_chunk(tiny_model, source.load(ref), cfg, 30, SEED, source.key(ref), "off", 2.0)
-    assert len(empty.rows) == 1 and empty.scored == CHUNK  # all below: the model ran on one
+    fast = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    assert sum(predicted) == 30
+    _random_reads_the_model(monkeypatch)
+    full = propose(tiny_model, None, source, cfg, EngineConfig(), SEED)
+    assert fast.indices.tolist() == full.indices.tolist()
+    assert fast.reasons.tolist() == full.reasons.tolist()
+    assert fast.predicted.tolist() == full.predicted.tolist()
+    np.testing.assert_allclose(fast.confidence, full.confidence, rtol=1e-5)
+    assert sum(fast.counts["predicted_histogram"].values()) == 30
+
+
+def test_a_model_free_score_reads_pool_rows_by_locator(paths, job_cfg):
+    """The nightly's random control on the real pool: the same query from this process and
+    from two worker processes (whose chunks return no model output)."""
+    query = replace(job_cfg.query, strategy="random", diversity="kmeans", cold_start_labels=0)
+    cfg = replace(job_cfg, query=query, engine=EngineConfig(chunk_rows=128))
+    one = run_nightly(paths, cfg, dry_run=True)
+    two = run_nightly(paths, replace(cfg, engine=replace(cfg.engine, workers=2)), dry_run=True)
+    assert one.status == two.status == "dry_run" and len(one.post_ids) == 20
+    assert one.post_ids == two.post_ids
+    assert one.predicted_histogram == two.predicted_histogram
 
 
 @pytest.fixture(scope="module")
