@@ -50,6 +50,21 @@ def test_per_class_caps_keep_the_most_confident() -> None:
     assert none.rows.size == 0
 
 
+def test_a_random_fill_draws_the_cap_among_rows_above_the_threshold() -> None:
+    """order="random": each class's cap is a seeded uniform draw among its qualifying rows
+    (not the most confident), never a row below the threshold; same inputs, same draw."""
+    val = _probs([0.95, 0.95], [0, 1])
+    conf = np.linspace(0.61, 0.99, 200)
+    pool = _probs([*conf.tolist(), 0.5, 0.55], [0] * 200 + [0, 0])  # two below 0.6
+    cfg = replace(CFG, max_ratio=1.0, order="random")
+    got = select_pseudo(pool, val, np.array([0, 1]), n_true=60, cfg=cfg)  # cap 20
+    assert got.rows.size == 20 and (got.labels == 0).all() and got.rows.max() < 200
+    assert got.rows.tolist() != list(range(180, 200))  # not the 20 most confident
+    assert conf[got.rows].min() < 0.9 < conf[got.rows].max()  # spread over the range
+    again = select_pseudo(pool, val, np.array([0, 1]), n_true=60, cfg=cfg)
+    assert again.rows.tolist() == got.rows.tolist()
+
+
 def test_per_class_thresholds_keep_a_class_that_absorbs_others_stricter() -> None:
     """Class 1 is confidently wrong below 0.9 (it absorbs class 2's posts); class 0 is right
     from 0.6; class 2 has too few validation rows for any threshold."""
@@ -71,6 +86,7 @@ def test_per_class_thresholds_keep_a_class_that_absorbs_others_stricter() -> Non
         ({"thresholds": (1.0,)}, "self_training.thresholds"),
         ({"target_precision": 0.0}, "self_training.target_precision"),
         ({"max_ratio": -1.0}, "self_training"),
+        ({"order": "best"}, "self_training.order"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
