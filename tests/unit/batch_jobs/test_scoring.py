@@ -198,6 +198,31 @@ def test_a_model_free_score_runs_the_model_on_the_merged_best_m_only(
     assert sum(fast.counts["predicted_histogram"].values()) == 30
 
 
+def test_predict_kept_matches_rows_across_parts(tiny_model, pool_views):
+    """Kept rows from several parts (segments), interleaved: each gets its own row's outputs."""
+
+    class TwoParts(MemorySource):  # part p holds rows [p·half, (p+1)·half) of the views
+        def load_rows(self, part: int, rows: np.ndarray) -> Views:
+            return self.views.take(rows + part * half)
+
+    half = len(pool_views) // 2
+    source = TwoParts(pool_views, np.ones(len(pool_views), bool), CHUNK)
+    kept = Scored.empty(len(tiny_model.classes))
+    kept.part = np.array([1, 0, 1, 0, 0, 1], np.int64)
+    kept.rows = np.array([5, 9, 0, 3, 300, 17], np.int64)
+    for name in ("hashes", "scores", "keys", "predicted", "confidence"):
+        setattr(kept, name, np.zeros(6, getattr(kept, name).dtype))
+    kept.features = np.zeros((6, 0), np.float32)  # as a model-free chunk leaves them
+    cfg = QueryConfig("random", 2, 3, "kmeans")
+    got = scoring.predict_kept(tiny_model, source, kept, cfg)
+    want = tiny_model.predict(
+        pool_views.take(kept.rows + kept.part * half), with_features=True
+    )  # fmt: skip
+    assert got.predicted.tolist() == want.probs.argmax(1).tolist()
+    np.testing.assert_allclose(got.features, want.features, rtol=1e-4, atol=1e-5)
+    assert got.rows.tolist() == kept.rows.tolist() and got.histogram.sum() == 6
+
+
 def test_a_model_free_score_reads_pool_rows_by_locator(paths, job_cfg):
     """The nightly's random control on the real pool: the same query from this process and
     from two worker processes (whose chunks return no model output)."""
