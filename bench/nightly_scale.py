@@ -2,6 +2,7 @@
 
 Run: .venv/bin/python -m bench.nightly_scale [--sizes 1000000,10000000] [--home DIR]
          [--configs margin,margin+kmeans+balance,bald,bald+kmeans+balance] [--ray-at 1000000]
+         [--ray-config margin+kmeans+balance+typical]   (+typical: the cold start, +control)
 
 The pool is **synthetic from real rows**: the reviews rows (both views, missing views kept
 missing) tiled to the size asked, each copy with N(0, 0.01²) noise per element and
@@ -61,8 +62,11 @@ def job_config(spec: dict):  # type: ignore[no-untyped-def]  # lazy: the parent 
         diversity="kmeans" if "kmeans" in stages else None,
         balance="balance" in stages,
         mc_samples=spec["mc_samples"],
-        cold_start_labels=0,  # the named config on every night, not the default's cold start
-        random_share=0.0,
+        # The named config on every night, not the default's cold start; `+typical` forces
+        # the cold start on every night (the demo home holds more labels than the default's
+        # 1,000), `+control` adds the default's 5% random share.
+        cold_start_labels=1 << 30 if "typical" in stages else 0,
+        random_share=0.05 if "control" in stages else 0.0,
     )
     engine = EngineConfig(
         engine=spec["runner"], workers=spec["workers"], torch_threads=1,
