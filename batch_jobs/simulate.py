@@ -553,7 +553,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--self-order",
         choices=["confident", "random"],
-        help="+self: which rows above the threshold fill a class's cap (confident)",
+        help="+self: which rows above the threshold fill a class's cap (random)",
     )
     return p.parse_args(argv)
 

@@ -19,7 +19,9 @@ from store.ledger import Ledger, hash_holdout
 
 from .test_retrain import label_test_posts
 
-CFG = SelfTrainConfig(True, thresholds=(0.6, 0.8, 0.9), target_precision=0.9, min_val_rows=2)
+CFG = SelfTrainConfig(
+    True, thresholds=(0.6, 0.8, 0.9), target_precision=0.9, min_val_rows=2, order="confident"
+)
 
 
 def _probs(conf: list[float], cls: list[int], c: int = 3) -> np.ndarray:

@@ -237,4 +237,6 @@ def test_self_training_flags_set_its_config_and_nothing_else():
     st = cfg("--self-precision", "0.8", "--self-max-ratio", "2").self_training
     assert (st.enabled, st.target_precision, st.max_ratio, st.per_class) == (True, 0.8, 2.0, False)
     assert cfg("--self-per-class").self_training.per_class
-    assert st.order == "confident" and cfg("--self-order", "random").self_training.order == "random"
+    assert (
+        st.order == "random" and cfg("--self-order", "confident").self_training.order == "confident"
+    )
