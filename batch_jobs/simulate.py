@@ -555,6 +555,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         choices=["confident", "random"],
         help="+self: which rows above the threshold fill a class's cap (random)",
     )
+    p.add_argument(
+        "--self-weight", type=float, help="+self: loss weight of a pseudo-labeled row (1)"
+    )
     return p.parse_args(argv)
 
 
@@ -584,6 +587,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         "target_precision": args.self_precision,
         "max_ratio": args.self_max_ratio,
         "order": args.self_order,
+        "weight": args.self_weight,
     }
     if any(v is not None for v in self_train.values()):
         given = {k: v for k, v in self_train.items() if v is not None}

@@ -20,8 +20,11 @@ class UncertaintyWeightedLoss(nn.Module):
         self.heads = heads
         self.log_var = nn.Parameter(torch.zeros(len(heads)))  # (H,) one s_i per head
 
-    def forward(self, out: HeadLogits, target: torch.Tensor) -> torch.Tensor:
-        """`target (B,)` int64 → scalar loss."""
+    def forward(
+        self, out: HeadLogits, target: torch.Tensor, weight: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """`target (B,)` int64, optional row `weight (B,)` ≥ 0 → scalar loss. With weights a
+        head's CE is their weighted mean over its rows (all ones: the plain mean)."""
         total = out.features.new_zeros(())
         for i, head in enumerate(self.heads):
             if head not in out.logits:
@@ -29,7 +32,9 @@ class UncertaintyWeightedLoss(nn.Module):
             mask = out.masks[head]  # (B,) bool
             if not mask.any():
                 continue
-            ce = F.cross_entropy(out.logits[head][mask], target[mask])  # mean over present rows
+            ce = _mean_ce(
+                out.logits[head][mask], target[mask], None if weight is None else weight[mask]
+            )
             s = self.log_var[i]
             total = total + torch.exp(-s) * ce + 0.5 * s
         return total
@@ -38,3 +43,13 @@ class UncertaintyWeightedLoss(nn.Module):
         """Current 1/σ² per head, for logs and checkpoints."""
         w = torch.exp(-self.log_var.detach())
         return {h: float(w[i]) for i, h in enumerate(self.heads)}
+
+
+def _mean_ce(
+    logits: torch.Tensor, target: torch.Tensor, weight: torch.Tensor | None
+) -> torch.Tensor:
+    """CE averaged over rows `(n,)`, weighted when `weight (n,)` is given (0 if all weigh 0)."""
+    if weight is None:
+        return F.cross_entropy(logits, target)
+    ce = F.cross_entropy(logits, target, reduction="none")  # (n,)
+    return (ce * weight).sum() / weight.sum().clamp_min(1e-12)

@@ -50,16 +50,25 @@ class TrainConfig:
 
 @dataclass(frozen=True)
 class LabeledViews:
-    """Views with integer class labels `(n,)`."""
+    """Views with integer class labels `(n,)` and optional per-row loss weights `(n,)` (None:
+    every row 1; self-training gives pseudo-labels less weight than true ones)."""
 
     views: Views
     labels: np.ndarray
+    weights: np.ndarray | None = None
 
     def __len__(self) -> int:
         return len(self.views)
 
     def take(self, idx: np.ndarray) -> LabeledViews:
-        return LabeledViews(self.views.take(idx), self.labels[idx])
+        w = None if self.weights is None else self.weights[idx]
+        return LabeledViews(self.views.take(idx), self.labels[idx], w)
+
+    def row_weights(self) -> np.ndarray:
+        """`(n,)` float32: the weights, ones when none were given."""
+        if self.weights is None:
+            return np.ones(len(self), np.float32)
+        return np.asarray(self.weights, np.float32)
 
 
 def adaptive_batch_size(n: int, b: int) -> int:
@@ -144,6 +153,7 @@ def _fit(
     torch.manual_seed(cfg.seed)  # dropout draws during training
     x = clf.tensors(train.views)
     target = torch.from_numpy(train.labels.astype(np.int64))
+    weight = None if train.weights is None else torch.from_numpy(train.row_weights())
     batch = adaptive_batch_size(len(train), cfg.base_batch)
     params = [p for p in list(clf.net.parameters()) + list(loss_fn.parameters())]
     if freeze_bn:
@@ -166,7 +176,7 @@ def _fit(
                 keep(x.text_mask[idx]),
                 drop,
             )
-            loss = loss_fn(out, target[idx])
+            loss = loss_fn(out, target[idx], None if weight is None else weight[idx])
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()

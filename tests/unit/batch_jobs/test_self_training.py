@@ -13,7 +13,10 @@ from batch_jobs.self_training import (
     choose_threshold,
     class_thresholds,
     select_pseudo,
+    with_pseudo_labels,
 )
+from model.data import Views
+from model.training import LabeledViews
 from postclf_errors import InvalidInputError
 from store.ledger import Ledger, hash_holdout
 
@@ -89,12 +92,37 @@ def test_per_class_thresholds_keep_a_class_that_absorbs_others_stricter() -> Non
         ({"target_precision": 0.0}, "self_training.target_precision"),
         ({"max_ratio": -1.0}, "self_training"),
         ({"order": "best"}, "self_training.order"),
+        ({"weight": 0.0}, "self_training.weight"),
+        ({"weight": 1.5}, "self_training.weight"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
     with pytest.raises(InvalidInputError) as err:
         SelfTrainConfig(**kwargs)
     assert err.value.field == field
+
+
+class _Fixed:
+    """A stand-in classifier: each row's class is its first feature (confidence 0.95)."""
+
+    def predict(self, views: Views) -> object:
+        cls = views.image[:, 0].astype(int)
+        return type("P", (), {"probs": _probs([0.95] * len(cls), cls.tolist())})()
+
+
+@pytest.mark.parametrize("weight", [1.0, 0.3])
+def test_pseudo_labels_carry_their_loss_weight_true_labels_keep_one(weight: float) -> None:
+    feats = np.repeat(np.arange(3, dtype=np.float32), 4)[:, None]  # (12, 1): classes 0, 1, 2
+    views = Views.from_nan_rows(feats, feats)
+    labeled = LabeledViews(views.take(np.arange(3)), np.array([0, 1, 2]))
+    val = LabeledViews(views, np.repeat(np.arange(3), 4))
+    cfg = replace(CFG, max_ratio=3.0, weight=weight)
+    grown, pseudo = with_pseudo_labels(_Fixed(), labeled, views, val, cfg)  # type: ignore[arg-type]
+    assert pseudo.rows.size == 9 and len(grown) == 12
+    if weight == 1.0:
+        assert grown.weights is None  # no weights: the plain loss, as before
+    else:
+        assert grown.row_weights().tolist() == [1.0] * 3 + [pytest.approx(0.3)] * 9
 
 
 def test_retrain_adds_pseudo_labels_never_from_labeled_or_holdout(

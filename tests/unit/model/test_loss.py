@@ -67,3 +67,33 @@ def test_uncertainty_weights_are_learned() -> None:
     out = loss_fn(_out({"image": logits}, {"image": full}), torch.zeros(8, dtype=torch.long))
     out.backward()
     assert loss_fn.log_var.grad is not None and loss_fn.log_var.grad[0] != 0
+
+
+def _all_heads(logits: torch.Tensor) -> HeadLogits:
+    full = torch.ones(logits.shape[0], dtype=torch.bool)
+    return HeadLogits(
+        {h: logits for h in ("image", "text", "fused")},
+        {h: full for h in ("image", "text", "fused")},
+        torch.zeros(logits.shape[0], 2),
+    )
+
+
+def test_row_weights_of_one_are_the_plain_mean_and_zero_drops_a_row() -> None:
+    loss_fn = UncertaintyWeightedLoss()
+    loss_fn.log_var.data = torch.tensor([0.2, -0.1, 0.4])
+    logits = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
+    target = torch.tensor([0, 1, 2, 0, 1])
+    plain = loss_fn(_all_heads(logits), target)
+    assert torch.allclose(loss_fn(_all_heads(logits), target, torch.ones(5)), plain)
+    dropped = loss_fn(_all_heads(logits[:4]), target[:4])
+    zero_last = loss_fn(_all_heads(logits), target, torch.tensor([1.0, 1, 1, 1, 0]))
+    assert torch.allclose(zero_last, dropped)
+
+
+def test_a_row_weighing_two_counts_as_two_copies() -> None:
+    loss_fn = UncertaintyWeightedLoss()
+    logits = torch.randn(3, 4, generator=torch.Generator().manual_seed(2))
+    target = torch.tensor([3, 0, 1])
+    doubled = loss_fn(_all_heads(torch.cat([logits, logits[:1]])), torch.cat([target, target[:1]]))
+    weighted = loss_fn(_all_heads(logits), target, torch.tensor([2.0, 1.0, 1.0]))
+    assert torch.allclose(doubled, weighted)

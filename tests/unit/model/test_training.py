@@ -6,6 +6,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from model.data import Views
 from model.evaluation import evaluate_model
 from model.training import (
     LabeledViews,
@@ -77,3 +78,23 @@ def test_calibration_fits_a_temperature_per_head_that_lowers_val_nll(
         t = tiny_model.temperature[head]
         fitted, raw = F.cross_entropy(logits / t, target), F.cross_entropy(logits, target)
         assert float(fitted) <= float(raw) + 1e-6, head  # fitted on val: never worse than T = 1
+
+
+def test_row_weights_reach_the_loss_low_weight_noise_barely_moves_the_model() -> None:
+    """Two separable classes, each row twice, the copy with the other label: at weight 1 the
+    copy ties with the truth; at 0.05 the model learns the truth (the copy weighs 1/20)."""
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 2
+    x = (rng.standard_normal((400, 8)) + 3.0 * (2 * y[:, None] - 1)).astype(np.float32)
+    views = Views.from_nan_rows(x, x[:, ::-1].copy())
+    test = LabeledViews(views, y)
+    twice = Views.concat([views, views])
+    labels = np.concatenate([y, 1 - y])
+
+    def acc(w: float) -> float:
+        weights = np.concatenate([np.ones(400), np.full(400, w)]).astype(np.float32)
+        train = LabeledViews(twice, labels, weights)
+        return evaluate_model(train_passive(train, None, ["a", "b"], TINY_TRAIN), test).accuracy
+
+    low, even = acc(0.05), acc(1.0)
+    assert low > 0.95 and even < 0.8, (low, even)  # even: ~chance
