@@ -147,6 +147,7 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
         s["labels_to_random_final"] = labels_to_reach(labels, acc, rand_final)
         s["labels_to_random_final_monotone"] = labels_to_reach(labels, monotone(acc), rand_fit)
         s["steps_below_random_band"] = _below_band(s, rand)
+        s["vs_random"] = paired_vs_random(s["per_seed"], rand["per_seed"])
     return {
         "config": raw["config"],
         "wall_seconds": seconds,
@@ -160,6 +161,39 @@ def summarise(raw: dict, seconds: float | None) -> dict[str, Any]:
             "per_seed": full,
         },
         "strategies": strategies,
+    }
+
+
+def paired_vs_random(runs: list[dict], rand_runs: list[dict], resamples: int = 1000) -> dict | None:
+    """How sure the comparison with random is, seed by seed (runs pair by position: seed order).
+
+    `auc_gain`: per seed, the strategy's mean accuracy over the budget minus random's (a
+    paired difference; its sign is the steadiest reading). `labels_to_random_final_10_90`:
+    the 10th and 90th percentiles of the monotone-fit crossing under a paired bootstrap over
+    seeds (None above random's budget: not reached in that share of resamples). Needs ≥ 2
+    seeds on the same label grid; else None."""
+    k = min(len(r["labels"]) for r in [*runs, *rand_runs])
+    if len(runs) < 2 or len(runs) != len(rand_runs):
+        return None
+    labels = np.array(runs[0]["labels"][:k])
+    if any(r["labels"][:k] != labels.tolist() for r in rand_runs):
+        return None
+    mine = np.array([r["accuracy"][:k] for r in runs])  # (seeds, k)
+    base = np.array([r["accuracy"][:k] for r in rand_runs])  # (seeds, k)
+    gain = [auc(labels, a) - auc(labels, b) for a, b in zip(mine, base, strict=True)]
+    rng = np.random.default_rng(0)  # a fixed stream: the same report for the same runs
+    never = int(labels[-1]) + 1
+    cross = []
+    for _ in range(resamples):
+        i = rng.integers(0, len(runs), len(runs))
+        hit = labels_to_reach(labels, monotone(mine[i].mean(0)), monotone(base[i].mean(0))[-1])
+        cross.append(never if hit is None else hit)
+    lo, hi = (int(x) for x in np.percentile(cross, [10, 90], method="lower"))
+    return {
+        "auc_gain": gain,
+        "auc_gain_mean": float(np.mean(gain)),
+        "seeds_ahead": int(sum(g > 0 for g in gain)),
+        "labels_to_random_final_10_90": [None if x == never else x for x in (lo, hi)],
     }
 
 
@@ -186,6 +220,7 @@ def compact_table(results: dict) -> str:
         return f"{100 * (budget - lt) / budget:.0f}" if lt is not None and budget else "—"
 
     cols = ["strategy", "seeds", "to rnd final", "saving %", "monotone fits", "saving %"]
+    cols += ["10–90%", "AUC vs rnd (seeds ahead)"]
     cols += ["final acc %", "rare F1 %", "to 95%", "to 98%", "below rnd band", "stop at"]
     cols += ["gain/1k"]
     rows = []
@@ -195,7 +230,7 @@ def compact_table(results: dict) -> str:
         gain = s.get("gain_per_1k_final")
         rows.append([
             name, str(s["seeds"]), str(lt) if lt is not None else "never", saving(lt),
-            str(mono) if mono is not None else "never", saving(mono),
+            str(mono) if mono is not None else "never", saving(mono), *_paired_cells(s),
             f"{100 * f['accuracy_mean']:.2f} ± {100 * f['accuracy_std']:.2f}",
             f"{100 * f['rare_f1_mean']:.2f}",
             *(str(s["labels_to"][k] or "never") for k in ("0.95", "0.98")),
@@ -204,6 +239,16 @@ def compact_table(results: dict) -> str:
             f"{100 * gain:+.2f} pt" if gain is not None else "—",
         ])  # fmt: skip
     return _format(cols, rows)
+
+
+def _paired_cells(s: dict) -> list[str]:
+    """The compact table's seed-paired columns: bootstrap interval and AUC gain (ahead/seeds)."""
+    vs = s.get("vs_random")
+    if not vs:
+        return ["—", "—"]
+    lo, hi = (str(x) if x is not None else "never" for x in vs["labels_to_random_final_10_90"])
+    gain = f"{100 * vs['auc_gain_mean']:+.2f} pt ({vs['seeds_ahead']}/{len(vs['auc_gain'])})"
+    return [f"{lo}–{hi}", gain]
 
 
 def summary_table(results: dict) -> str:

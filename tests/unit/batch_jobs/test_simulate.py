@@ -241,3 +241,40 @@ def test_self_training_flags_set_its_config_and_nothing_else():
         st.order == "random" and cfg("--self-order", "confident").self_training.order == "confident"
     )
     assert st.weight == 1.0 and cfg("--self-weight", "0.5").self_training.weight == 0.5
+
+
+def _curve(acc: list[float]) -> dict:
+    return {
+        "labels": [100 * (i + 1) for i in range(len(acc))], "accuracy": acc,
+        "macro_f1": acc, "rare_f1": acc, "seconds": {},
+    }  # fmt: skip
+
+
+def test_the_report_pairs_seeds_against_random_with_a_bootstrap_interval() -> None:
+    from batch_jobs import sim_report
+
+    rand = [[0.5, 0.6, 0.7, 0.8], [0.4, 0.5, 0.6, 0.7], [0.5, 0.55, 0.6, 0.75]]
+    ahead = [[r[0] + 0.1, r[1] + 0.15, r[2] + 0.1, r[3] + 0.05] for r in rand]
+    mixed = [[a - 0.2 for a in rand[0]], ahead[1], ahead[2]]  # seed 0 behind
+    raw = {
+        "config": {},
+        "full": [{"labels": 400, "accuracy": 0.9, "macro_f1": 0.9, "rare_f1": 0.9, "seconds": 1}],
+        "curves": {
+            "random": [_curve(r) for r in rand], "ahead": [_curve(a) for a in ahead],
+            "mixed": [_curve(a) for a in mixed], "one": [_curve(ahead[0])],
+        },
+    }  # fmt: skip
+    s = sim_report.summarise(raw, None)["strategies"]
+    vs = s["ahead"]["vs_random"]
+    assert vs["seeds_ahead"] == 3 and vs["auc_gain_mean"] > 0
+    lo, hi = vs["labels_to_random_final_10_90"]
+    assert (
+        lo is not None
+        and hi is not None
+        and lo <= s["ahead"]["labels_to_random_final_monotone"] <= hi
+    )
+    assert s["mixed"]["vs_random"]["seeds_ahead"] == 2
+    assert s["random"]["vs_random"]["auc_gain_mean"] == 0.0
+    assert s["one"]["vs_random"] is None  # one seed against three: nothing to pair
+    table = sim_report.compact_table({"strategies": s})
+    assert "(3/3)" in table and "(2/3)" in table
