@@ -548,7 +548,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "--self-precision", type=float, help="+self: validation precision a threshold needs (0.9)"
     )
     p.add_argument(
-        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (2)"
+        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (8)"
     )
     p.add_argument(
         "--self-order",
