@@ -51,7 +51,7 @@ class TrainConfig:
 @dataclass(frozen=True)
 class LabeledViews:
     """Views with integer class labels `(n,)` and optional per-row loss weights `(n,)` (None:
-    every row 1; self-training gives pseudo-labels less weight than true ones)."""
+    every row 1; self-training can weigh pseudo-labels below true ones)."""
 
     views: Views
     labels: np.ndarray

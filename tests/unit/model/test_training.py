@@ -82,7 +82,7 @@ def test_calibration_fits_a_temperature_per_head_that_lowers_val_nll(
 
 def test_row_weights_reach_the_loss_low_weight_noise_barely_moves_the_model() -> None:
     """Two separable classes, each row twice, the copy with the other label: at weight 1 the
-    copy ties with the truth; at 0.05 the model learns the truth (the copy weighs 1/20)."""
+    copy ties with the truth and the model may follow either; at 0.05 it learns the truth."""
     rng = np.random.default_rng(0)
     y = np.arange(400) % 2
     x = (rng.standard_normal((400, 8)) + 3.0 * (2 * y[:, None] - 1)).astype(np.float32)
@@ -97,4 +97,4 @@ def test_row_weights_reach_the_loss_low_weight_noise_barely_moves_the_model() ->
         return evaluate_model(train_passive(train, None, ["a", "b"], TINY_TRAIN), test).accuracy
 
     low, even = acc(0.05), acc(1.0)
-    assert low > 0.95 and even < 0.8, (low, even)  # even: ~chance
+    assert low > 0.95 and even < 0.8, (low, even)
