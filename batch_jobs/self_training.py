@@ -8,6 +8,10 @@ active-phase fine-tune. One implementation for the nightly retrain and the simul
 - Per-class caps: at most `ceil(max_ratio · true labels / classes)` per predicted class (the
   a uniform draw among the rows above the threshold, or the most confident first with
   `order="confident"`), so a dominant class cannot flood the fine-tune.
+- Optional co-training filter (`agreement="knn"`): a row, candidate or validation, counts only
+  where the model's class equals the similarity-weighted vote of its `knn_k` nearest true-labeled
+  posts in embedding space (cosine on the raw views), a second opinion that shares no weights
+  with the model. The threshold is then chosen on the agreeing validation rows.
 - Callers pass only eligible pool rows: never labeled, queried, gate or holdout posts.
 """
 
@@ -16,8 +20,10 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
+import faiss
 import numpy as np
 
+from acquisition.diversity import normalise
 from model.classifier import Classifier
 from model.data import Views
 from model.training import LabeledViews
@@ -54,6 +60,13 @@ class SelfTrainConfig:
     # pseudo-labels pull less against the true ones, but 0.5 lost on every seed of reviews'
     # val split (README, "Nightly default"), so 1 stays.
     weight: float = 1.0
+    # "knn": only rows where the model agrees with the vote of their nearest true-labeled
+    # posts (see the module docstring); "none": the model's confidence alone.
+    agreement: str = "none"
+    knn_k: int = 10
+    # True labels the vote reads at most (a uniform sample past it): the search costs
+    # candidates × this many dot products.
+    knn_max_labeled: int = 50_000
 
     def __post_init__(self) -> None:
         if not self.thresholds or not all(0.0 < t < 1.0 for t in self.thresholds):
@@ -62,6 +75,10 @@ class SelfTrainConfig:
             raise InvalidInputError("must be in (0, 1]", "self_training.target_precision")
         if self.order not in ("confident", "random"):
             raise InvalidInputError('must be "confident" or "random"', "self_training.order")
+        if self.agreement not in ("none", "knn"):
+            raise InvalidInputError('must be "none" or "knn"', "self_training.agreement")
+        if self.knn_k < 1 or self.knn_max_labeled < 1:
+            raise InvalidInputError("must be >= 1", "self_training.knn_k")
         if not 0.0 < self.weight <= 1.0:
             raise InvalidInputError("must be in (0, 1]", "self_training.weight")
         if self.max_ratio < 0 or self.min_val_rows < 1 or self.max_pool < 1:
@@ -184,6 +201,11 @@ def with_pseudo_labels(
         return labeled, empty
     probs = clf.predict(candidates).probs  # (n, C)
     val_probs = clf.predict(val.views).probs  # (v, C)
+    if cfg.agreement == "knn":
+        probs, val_probs = (
+            _agreeing(probs, candidates, labeled, cfg),
+            _agreeing(val_probs, val.views, labeled, cfg),
+        )
     pseudo = select_pseudo(probs, val_probs, val.labels, len(labeled), cfg)
     if not pseudo.rows.size:
         return labeled, pseudo
@@ -197,6 +219,49 @@ def with_pseudo_labels(
         weights,
     )
     return grown, pseudo
+
+
+def joint_embedding(views: Views) -> np.ndarray:
+    """`(n, F)` float32: each present view scaled to unit length (a missing one is zeros),
+    side by side, then the row scaled to unit length: cosine = the mean of the views' cosines
+    where both rows have both views."""
+    parts = [normalise(x * m[:, None]) for x, m in _present(views)]
+    return normalise(np.concatenate(parts, axis=1))
+
+
+def _present(views: Views) -> list[tuple[np.ndarray, np.ndarray]]:
+    out = []
+    for x, m in ((views.image, views.image_mask), (views.text, views.text_mask)):
+        if x is not None and m is not None:
+            out.append((x, m))
+    return out
+
+
+def knn_vote(
+    queries: Views, labeled: LabeledViews, n_classes: int, k: int, max_labeled: int
+) -> np.ndarray:
+    """`(q,)` the class with the largest summed cosine among each query's `k` nearest rows
+    of `labeled` (at most `max_labeled` of them, a seeded uniform sample); FAISS exact search.
+    """
+    rows = np.arange(len(labeled))
+    if rows.size > max_labeled:
+        rows = np.sort(np.random.default_rng(rows.size).choice(rows, max_labeled, replace=False))
+    index = faiss.IndexFlatIP(sum(x.shape[1] for x, _ in _present(labeled.views)))
+    index.add(joint_embedding(labeled.views.take(rows)))
+    sim, near = index.search(joint_embedding(queries), min(k, rows.size))  # (q, k) each
+    votes = np.zeros((len(queries), n_classes))
+    who = np.repeat(np.arange(len(queries)), near.shape[1])
+    np.add.at(votes, (who, labeled.labels[rows][near].ravel()), np.maximum(sim, 0.0).ravel())
+    return votes.argmax(axis=1)
+
+
+def _agreeing(
+    probs: np.ndarray, views: Views, labeled: LabeledViews, cfg: SelfTrainConfig
+) -> np.ndarray:
+    """`probs (n, C)` with the rows whose argmax disagrees with `knn_vote` zeroed: no
+    threshold accepts them, on the candidates and on the validation rows alike."""
+    vote = knn_vote(views, labeled, probs.shape[1], cfg.knn_k, cfg.knn_max_labeled)
+    return probs * (probs.argmax(axis=1) == vote)[:, None]
 
 
 def pool_sample(

@@ -558,6 +558,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument(
         "--self-weight", type=float, help="+self: loss weight of a pseudo-labeled row (1)"
     )
+    p.add_argument(
+        "--self-agreement",
+        choices=["none", "knn"],
+        help="+self: knn = only rows whose nearest labeled posts vote the model's class (none)",
+    )
     return p.parse_args(argv)
 
 
@@ -588,6 +593,7 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         "max_ratio": args.self_max_ratio,
         "order": args.self_order,
         "weight": args.self_weight,
+        "agreement": args.self_agreement,
     }
     if any(v is not None for v in self_train.values()):
         given = {k: v for k, v in self_train.items() if v is not None}

@@ -12,6 +12,8 @@ from batch_jobs.self_training import (
     SelfTrainConfig,
     choose_threshold,
     class_thresholds,
+    joint_embedding,
+    knn_vote,
     select_pseudo,
     with_pseudo_labels,
 )
@@ -94,6 +96,9 @@ def test_per_class_thresholds_keep_a_class_that_absorbs_others_stricter() -> Non
         ({"order": "best"}, "self_training.order"),
         ({"weight": 0.0}, "self_training.weight"),
         ({"weight": 1.5}, "self_training.weight"),
+        ({"agreement": "vote"}, "self_training.agreement"),
+        ({"knn_k": 0}, "self_training.knn_k"),
+        ({"knn_max_labeled": 0}, "self_training.knn_k"),
     ],
 )
 def test_bad_settings_name_the_field(kwargs: dict, field: str) -> None:
@@ -125,8 +130,59 @@ def test_pseudo_labels_carry_their_loss_weight_true_labels_keep_one(weight: floa
         assert grown.row_weights().tolist() == [1.0] * 3 + [pytest.approx(0.3)] * 9
 
 
+def _unit(rows: list[list[float]]) -> np.ndarray:
+    x = np.asarray(rows, np.float32)
+    return x / np.linalg.norm(x, axis=1, keepdims=True)
+
+
+def test_joint_embedding_cosine_is_the_mean_of_the_views_cosines() -> None:
+    rng = np.random.default_rng(0)
+    img, txt = rng.normal(size=(2, 4)).astype(np.float32), rng.normal(size=(2, 3))
+    img[1] *= 7.0  # scale does not matter: each view is normalised first
+    views = Views.from_nan_rows(img, txt.astype(np.float32))
+    j = joint_embedding(views)
+    cos = lambda a, b: float(a @ b / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert j[0] @ j[1] == pytest.approx((cos(img[0], img[1]) + cos(txt[0], txt[1])) / 2, abs=1e-6)
+    assert np.linalg.norm(j, axis=1) == pytest.approx([1.0, 1.0])
+
+
+def test_knn_vote_sums_similarity_per_class_and_reads_the_views_a_query_has() -> None:
+    """Labeled: two class-0 rows near axis 0, one class-1 row near axis 1 (image view). With
+    k=3 a query on axis 1 votes 1 (one close row beats two far ones); a query with no image
+    falls back to its text view."""
+    img = _unit([[1, 0.1], [1, -0.1], [0.1, 1]])
+    txt = _unit([[1, 0], [1, 0], [0, 1]])
+    labeled = LabeledViews(Views.from_nan_rows(img, txt), np.array([0, 0, 1]))
+    q_img = np.array([[0.0, 1.0], [1.0, 0.0], [np.nan, np.nan]], np.float32)
+    q_txt = _unit([[0, 1], [1, 0], [0, 1]])
+    votes = knn_vote(Views.from_nan_rows(q_img, q_txt), labeled, 2, k=3, max_labeled=10)
+    assert votes.tolist() == [1, 0, 1]
+    one = knn_vote(Views.from_nan_rows(q_img, q_txt), labeled, 2, k=3, max_labeled=1)
+    assert one.shape == (3,)  # a sample of 1 labeled row answers every query
+
+
+def test_knn_agreement_keeps_only_rows_whose_neighbours_vote_the_models_class() -> None:
+    """The stand-in model calls every row by its first feature; the labeled posts' geometry
+    (second view) says rows 6..8 belong to class 0 although the model calls them 2. Those
+    are dropped from the candidates, and their validation twins, confidently wrong, no
+    longer push the threshold up: every agreeing row qualifies."""
+    cls = np.array([0, 0, 0, 1, 1, 1, 2, 2, 2], np.float32)
+    truth = np.array([0, 0, 0, 1, 1, 1, 0, 0, 0])
+    geometry = np.eye(3, dtype=np.float32)[truth]  # (9, 3) one-hot of the true class
+    views = Views.from_nan_rows(cls[:, None], geometry)
+    labeled = LabeledViews(views.take(np.array([0, 3])), np.array([0, 1]))
+    val = LabeledViews(views, truth)
+    plain = replace(CFG, max_ratio=10.0, min_val_rows=2)
+    _, without = with_pseudo_labels(_Fixed(), labeled, views, val, plain)  # type: ignore[arg-type]
+    assert without.threshold is None  # 6 of 9 right at 0.95: below the 0.9 target
+    knn = replace(plain, agreement="knn", knn_k=1)
+    _, got = with_pseudo_labels(_Fixed(), labeled, views, val, knn)  # type: ignore[arg-type]
+    assert got.rows.tolist() == [0, 1, 2, 3, 4, 5] and got.val_precision == 1.0
+
+
+@pytest.mark.parametrize("agreement", ["none", "knn"])
 def test_retrain_adds_pseudo_labels_never_from_labeled_or_holdout(
-    paths, job_cfg, small, monkeypatch
+    paths, job_cfg, small, monkeypatch, agreement: str
 ) -> None:
     import batch_jobs.retrain as retrain_mod
 
@@ -139,7 +195,9 @@ def test_retrain_adds_pseudo_labels_never_from_labeled_or_holdout(
 
     monkeypatch.setattr(retrain_mod, "with_pseudo_labels", spy)
     labeled = label_test_posts(paths, small, 40)
-    st = SelfTrainConfig(True, thresholds=(0.05, 0.1), target_precision=0.01, min_val_rows=1)
+    st = SelfTrainConfig(
+        True, thresholds=(0.05, 0.1), target_precision=0.01, min_val_rows=1, agreement=agreement
+    )
     report = retrain(paths, replace(job_cfg, self_training=st), force=True)
     test_ids = small["post_id"][small["split"] == "test"].astype(str)
     eligible = [p for p in test_ids if p not in set(labeled) and not hash_holdout(p, 0.15)]

@@ -241,6 +241,8 @@ def test_self_training_flags_set_its_config_and_nothing_else():
         st.order == "random" and cfg("--self-order", "confident").self_training.order == "confident"
     )
     assert st.weight == 1.0 and cfg("--self-weight", "0.5").self_training.weight == 0.5
+    assert st.agreement == "none"
+    assert cfg("--self-agreement", "knn").self_training.agreement == "knn"
 
 
 def _curve(acc: list[float]) -> dict:
