@@ -59,9 +59,11 @@ def write_group(pool: Pool, ledger: Ledger, group: list[PoolBatch]) -> list[int]
                 seen.add(pid)
                 merged.append((k, i, pid))
                 rows_of[k].append(i)
-    views = Views.concat(
-        [b.views.take(np.asarray(r, np.int64)) for b, r in zip(group, rows_of, strict=True)]
-    )
+    parts = [  # a call whose posts are all new to the group is taken whole, without a copy
+        b.views if len(r) == len(b.post_ids) else b.views.take(np.asarray(r, np.int64))
+        for b, r in zip(group, rows_of, strict=True)
+    ]
+    views = parts[0] if len(parts) == 1 else Views.concat(parts)
     ids = [pid for _, _, pid in merged]
     owner = [k for k, _, _ in merged]
     predicted = None

@@ -166,8 +166,12 @@ class Ledger:
         preds = list(predicted_labels) if predicted_labels is not None else [None] * n
         if isinstance(holdout, bool | np.bool_):
             flags = [bool(holdout)] * n
-        elif holdout is None:
-            flags = [hash_holdout(p, self.holdout_fraction) for p in post_ids]
+        elif holdout is None:  # drawn for the rows to INSERT only (a known row keeps its own)
+            skip = known if known is not None else [False] * n
+            flags = [
+                not k and hash_holdout(p, self.holdout_fraction)
+                for p, k in zip(post_ids, skip, strict=False)
+            ]
         else:
             flags = [bool(h) for h in holdout]
         if len(preds) != n or len(flags) != n or (known is not None and len(known) != n):
@@ -179,9 +183,12 @@ class Ledger:
             (str(p), at, source, lab, model_version, int(h))
             for p, lab, h in zip(post_ids, preds, flags, strict=True)
         ]
+        # A post the caller found known is not INSERTed again (OR IGNORE would skip it anyway);
+        # one another writer inserted since `known` was read is still ignored, not duplicated.
+        fresh = rows if known is None else [r for r, k in zip(rows, known, strict=True) if not k]
         with self._write() as conn:
             before = conn.total_changes
-            conn.executemany("INSERT OR IGNORE INTO posts VALUES (?, ?, ?, ?, ?, ?)", rows)
+            conn.executemany("INSERT OR IGNORE INTO posts VALUES (?, ?, ?, ?, ?, ?)", fresh)
             added = conn.total_changes - before
             if predicted_labels is not None:
                 stale = (

@@ -108,10 +108,13 @@ def _fsync_dir(path: Path) -> None:
 def _stored(
     x: np.ndarray | None, mask: np.ndarray | None, n: int, dim: int, dtype: np.dtype
 ) -> np.ndarray:
-    """The rows as stored: `dtype`, a missing view as an all-NaN row (one copy). `(n, dim)`."""
+    """The rows as stored: `dtype`, a missing view as an all-NaN row. `(n, dim)`; `x` itself
+    when it already is that (no copy: the caller only writes it out), else one copy."""
     if x is None or mask is None:
         return np.full((n, dim), np.nan, dtype)
-    block = np.array(x, dtype=dtype, order="C")  # a copy, also when the dtype matches
+    if mask.all() and x.dtype == dtype and x.flags.c_contiguous:
+        return x
+    block = np.array(x, dtype=dtype, order="C")  # a copy: the NaN rows must not touch `x`
     block[~mask] = np.nan
     return block
 

@@ -37,7 +37,9 @@ def record_posts(pool: Pool, ledger: Ledger, batch: PostBatch) -> np.ndarray:
     ids = [str(p) for p in batch.post_ids]
     fresh = ~ledger.known_posts(ids)  # (n,) bool
     new = np.flatnonzero(fresh)
-    if new.size:
+    if new.size == len(ids):  # the common case (fresh posts): no copy of the views
+        pool.append(ids, batch.views)
+    elif new.size:
         pool.append([ids[i] for i in new.tolist()], batch.views.take(new))
     ledger.add_posts(
         ids,

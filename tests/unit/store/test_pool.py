@@ -50,7 +50,12 @@ def ns(day: str) -> int:
 def test_round_trip_in_chunks_with_missing_views(tmp_path):
     pool = Pool(tmp_path, segment_rows=8)
     v, w = make_views(10, 0), make_views(3, 1)
+    before = [v.image.copy(), v.text.copy()]
     assert pool.append(ids("a", 10), v) == 10
+    # the caller's arrays are untouched: missing rows stay zeros (NaN is on disk only), and a
+    # full view (text) is written straight from them
+    np.testing.assert_array_equal(v.image, before[0])
+    np.testing.assert_array_equal(v.text, before[1])
     pool.append(ids("b", 3), w)  # the first segment is full: a second one is opened
     assert len(pool.segments()) == 2 and len(pool) == 13
     got_ids, got = read_all(pool)
