@@ -158,26 +158,27 @@ class Ledger:
         holdout flag (fixed at first insert); only its latest prediction is updated.
 
         `known (n,)`: which posts the caller found in the ledger just before; only those get
-        the prediction UPDATE (a fresh row already has it from its INSERT). A post another
-        writer inserted in between keeps that writer's equally fresh prediction."""
+        the prediction UPDATE (a fresh row already has it from its INSERT), and only the
+        others are INSERTed. A post another writer inserted in between keeps that writer's
+        equally fresh prediction."""
         if source not in SOURCES:
             raise InvalidInputError(f"must be one of {SOURCES}", "source")
         n = len(post_ids)
         preds = list(predicted_labels) if predicted_labels is not None else [None] * n
+        seen = [False] * n if known is None else list(known)
+        if len(preds) != n or len(seen) != n:
+            raise InvalidInputError("length differs from post_ids", "predicted_labels/known")
         if isinstance(holdout, bool | np.bool_):
             flags = [bool(holdout)] * n
-        elif holdout is None:  # drawn for the rows to INSERT only (a known row keeps its own)
-            skip = known if known is not None else [False] * n
+        elif holdout is None:  # drawn only for the rows to INSERT (a known row keeps its own)
             flags = [
                 not k and hash_holdout(p, self.holdout_fraction)
-                for p, k in zip(post_ids, skip, strict=False)
+                for p, k in zip(post_ids, seen, strict=True)
             ]
         else:
             flags = [bool(h) for h in holdout]
-        if len(preds) != n or len(flags) != n or (known is not None and len(known) != n):
-            raise InvalidInputError(
-                "length differs from post_ids", "predicted_labels/holdout/known"
-            )
+        if len(flags) != n:
+            raise InvalidInputError("length differs from post_ids", "holdout")
         at = now_iso()
         rows = [
             (str(p), at, source, lab, model_version, int(h))
@@ -185,15 +186,13 @@ class Ledger:
         ]
         # A post the caller found known is not INSERTed again (OR IGNORE would skip it anyway);
         # one another writer inserted since `known` was read is still ignored, not duplicated.
-        fresh = rows if known is None else [r for r, k in zip(rows, known, strict=True) if not k]
+        fresh = [r for r, k in zip(rows, seen, strict=True) if not k]
         with self._write() as conn:
             before = conn.total_changes
             conn.executemany("INSERT OR IGNORE INTO posts VALUES (?, ?, ?, ?, ?, ?)", fresh)
             added = conn.total_changes - before
             if predicted_labels is not None:
-                stale = (
-                    rows if known is None else [r for r, k in zip(rows, known, strict=True) if k]
-                )
+                stale = rows if known is None else [r for r, k in zip(rows, seen, strict=True) if k]
                 conn.executemany(
                     "UPDATE posts SET predicted_label = ?, model_version = ? WHERE post_id = ?",
                     [(r[3], model_version, r[0]) for r in stale],

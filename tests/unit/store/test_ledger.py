@@ -83,6 +83,27 @@ def test_posts_keep_first_insert_and_holdout(tmp_path):
             led.add_posts(["q"], "elsewhere")
 
 
+def test_known_posts_get_only_their_prediction_and_a_race_inserts_nothing_twice(tmp_path):
+    """`known` skips the INSERT of posts the caller found; a post another writer inserted
+    after that read (passed as not known) is ignored, counted as not new, and keeps its
+    own holdout flag. Lengths that differ from post_ids name the argument."""
+    with Ledger(tmp_path / "l.db", holdout_fraction=0.5) as led:
+        led.add_posts(["a", "raced"], "ingest", holdout=True)
+        added = led.add_posts(
+            ["a", "raced", "new"], "classify", predicted_labels=["X", "Y", "Z"],
+            model_version="v0002", known=[True, False, False],
+        )  # fmt: skip
+        assert added == 1 and led.holdout_flags(["a", "raced"]).tolist() == [True, True]
+        rows = dict(led._read("SELECT post_id, predicted_label FROM posts"))
+        assert rows == {"a": "X", "raced": None, "new": "Z"}  # the race keeps its own row
+        with pytest.raises(InvalidInputError) as err:
+            led.add_posts(["b"], "classify", known=[True, False])
+        assert err.value.field == "predicted_labels/known"
+        with pytest.raises(InvalidInputError) as err:
+            led.add_posts(["b"], "classify", holdout=[True, False])
+        assert err.value.field == "holdout"
+
+
 def test_predictions_update_but_source_is_kept(ledger):
     ledger.add_posts(["p1"], "ingest", predicted_labels=["Knits"], model_version="v0002")
     row = ledger._read(
