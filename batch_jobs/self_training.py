@@ -202,10 +202,9 @@ def with_pseudo_labels(
     probs = clf.predict(candidates).probs  # (n, C)
     val_probs = clf.predict(val.views).probs  # (v, C)
     if cfg.agreement == "knn":
-        probs, val_probs = (
-            _agreeing(probs, candidates, labeled, cfg),
-            _agreeing(val_probs, val.views, labeled, cfg),
-        )
+        n_classes, k, most = probs.shape[1], cfg.knn_k, cfg.knn_max_labeled
+        vote, val_vote = knn_votes([candidates, val.views], labeled, n_classes, k, most)
+        probs, val_probs = _agreeing(probs, vote), _agreeing(val_probs, val_vote)
     pseudo = select_pseudo(probs, val_probs, val.labels, len(labeled), cfg)
     if not pseudo.rows.size:
         return labeled, pseudo
@@ -237,30 +236,30 @@ def _present(views: Views) -> list[tuple[np.ndarray, np.ndarray]]:
     return out
 
 
-def knn_vote(
-    queries: Views, labeled: LabeledViews, n_classes: int, k: int, max_labeled: int
-) -> np.ndarray:
-    """`(q,)` the class with the largest summed cosine among each query's `k` nearest rows
-    of `labeled` (at most `max_labeled` of them, a seeded uniform sample); FAISS exact search.
-    """
+def knn_votes(
+    parts: list[Views], labeled: LabeledViews, n_classes: int, k: int, max_labeled: int
+) -> list[np.ndarray]:
+    """Per part `(q,)`: the class with the largest summed cosine among each query's `k`
+    nearest rows of `labeled` (at most `max_labeled` of them, a seeded uniform sample), from
+    one FAISS exact index built once for all parts."""
     rows = np.arange(len(labeled))
     if rows.size > max_labeled:
         rows = np.sort(np.random.default_rng(rows.size).choice(rows, max_labeled, replace=False))
     index = faiss.IndexFlatIP(sum(x.shape[1] for x, _ in _present(labeled.views)))
     index.add(joint_embedding(labeled.views.take(rows)))
-    sim, near = index.search(joint_embedding(queries), min(k, rows.size))  # (q, k) each
-    votes = np.zeros((len(queries), n_classes))
-    who = np.repeat(np.arange(len(queries)), near.shape[1])
-    np.add.at(votes, (who, labeled.labels[rows][near].ravel()), np.maximum(sim, 0.0).ravel())
-    return votes.argmax(axis=1)
+    out = []
+    for queries in parts:
+        sim, near = index.search(joint_embedding(queries), min(k, rows.size))  # (q, k) each
+        votes = np.zeros((len(queries), n_classes))
+        who = np.repeat(np.arange(len(queries)), near.shape[1])
+        np.add.at(votes, (who, labeled.labels[rows][near].ravel()), np.maximum(sim, 0.0).ravel())
+        out.append(votes.argmax(axis=1))
+    return out
 
 
-def _agreeing(
-    probs: np.ndarray, views: Views, labeled: LabeledViews, cfg: SelfTrainConfig
-) -> np.ndarray:
-    """`probs (n, C)` with the rows whose argmax disagrees with `knn_vote` zeroed: no
-    threshold accepts them, on the candidates and on the validation rows alike."""
-    vote = knn_vote(views, labeled, probs.shape[1], cfg.knn_k, cfg.knn_max_labeled)
+def _agreeing(probs: np.ndarray, vote: np.ndarray) -> np.ndarray:
+    """`probs (n, C)` with the rows whose argmax is not `vote (n,)` zeroed: no threshold
+    accepts them, on the candidates and on the validation rows alike."""
     return probs * (probs.argmax(axis=1) == vote)[:, None]
 
 

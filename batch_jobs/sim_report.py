@@ -172,9 +172,9 @@ def paired_vs_random(runs: list[dict], rand_runs: list[dict], resamples: int = 1
     the 10th and 90th percentiles of the monotone-fit crossing under a paired bootstrap over
     seeds (None above random's budget: not reached in that share of resamples). Needs ≥ 2
     seeds on the same label grid; else None."""
-    k = min(len(r["labels"]) for r in [*runs, *rand_runs])
     if len(runs) < 2 or len(runs) != len(rand_runs):
         return None
+    k = min(len(r["labels"]) for r in [*runs, *rand_runs])
     labels = np.array(runs[0]["labels"][:k])
     if any(r["labels"][:k] != labels.tolist() for r in rand_runs):
         return None

@@ -443,6 +443,21 @@ PRESETS: dict[str, dict] = {
         },
     },
 }
+SELF_FLAGS: dict[str, tuple[str, dict, str]] = {  # --self-<flag> → (SelfTrainConfig field, ...)
+    "precision": ("target_precision", {"type": float}, "validation precision needed (0.9)"),
+    "max-ratio": ("max_ratio", {"type": float}, "pseudo-labels at most this × true labels (8)"),
+    "order": (
+        "order",
+        {"choices": ["confident", "random"]},
+        "which rows above the threshold fill a class's cap (random)",
+    ),
+    "weight": ("weight", {"type": float}, "loss weight of a pseudo-labeled row (1)"),
+    "agreement": (
+        "agreement",
+        {"choices": ["none", "knn"]},
+        "knn = only rows whose nearest labeled posts vote the model's class (none)",
+    ),
+}
 TRAIN_FLAGS = {  # CLI flag → TrainConfig field
     "model": "family",
     "d": "d",
@@ -544,25 +559,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="+self: one confidence threshold per predicted class (chosen on validation)",
     )
-    p.add_argument(
-        "--self-precision", type=float, help="+self: validation precision a threshold needs (0.9)"
-    )
-    p.add_argument(
-        "--self-max-ratio", type=float, help="+self: pseudo-labels at most this × true labels (8)"
-    )
-    p.add_argument(
-        "--self-order",
-        choices=["confident", "random"],
-        help="+self: which rows above the threshold fill a class's cap (random)",
-    )
-    p.add_argument(
-        "--self-weight", type=float, help="+self: loss weight of a pseudo-labeled row (1)"
-    )
-    p.add_argument(
-        "--self-agreement",
-        choices=["none", "knn"],
-        help="+self: knn = only rows whose nearest labeled posts vote the model's class (none)",
-    )
+    for flag, (field_name, kwargs, text) in SELF_FLAGS.items():
+        p.add_argument(f"--self-{flag}", dest=f"self_{field_name}", help=f"+self: {text}", **kwargs)
     return p.parse_args(argv)
 
 
@@ -587,14 +585,8 @@ def build_config(args: argparse.Namespace) -> SimConfig:
         raise SystemExit(f"duplicate strategies in {names!r}")
     if sim.get("eval_every", 1) < 1:
         raise SystemExit("--eval-every must be ≥ 1")
-    self_train = {
-        "per_class": args.self_per_class or None,
-        "target_precision": args.self_precision,
-        "max_ratio": args.self_max_ratio,
-        "order": args.self_order,
-        "weight": args.self_weight,
-        "agreement": args.self_agreement,
-    }
+    self_train = {f: getattr(args, f"self_{f}") for f, _, _ in SELF_FLAGS.values()}
+    self_train["per_class"] = args.self_per_class or None
     if any(v is not None for v in self_train.values()):
         given = {k: v for k, v in self_train.items() if v is not None}
         sim["self_training"] = SelfTrainConfig(**given)

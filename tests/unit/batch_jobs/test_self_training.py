@@ -13,7 +13,7 @@ from batch_jobs.self_training import (
     choose_threshold,
     class_thresholds,
     joint_embedding,
-    knn_vote,
+    knn_votes,
     select_pseudo,
     with_pseudo_labels,
 )
@@ -146,7 +146,7 @@ def test_joint_embedding_cosine_is_the_mean_of_the_views_cosines() -> None:
     assert np.linalg.norm(j, axis=1) == pytest.approx([1.0, 1.0])
 
 
-def test_knn_vote_sums_similarity_per_class_and_reads_the_views_a_query_has() -> None:
+def test_knn_votes_sum_similarity_per_class_and_reads_the_views_a_query_has() -> None:
     """Labeled: two class-0 rows near axis 0, one class-1 row near axis 1 (image view). With
     k=3 a query on axis 1 votes 1 (one close row beats two far ones); a query with no image
     falls back to its text view."""
@@ -155,9 +155,10 @@ def test_knn_vote_sums_similarity_per_class_and_reads_the_views_a_query_has() ->
     labeled = LabeledViews(Views.from_nan_rows(img, txt), np.array([0, 0, 1]))
     q_img = np.array([[0.0, 1.0], [1.0, 0.0], [np.nan, np.nan]], np.float32)
     q_txt = _unit([[0, 1], [1, 0], [0, 1]])
-    votes = knn_vote(Views.from_nan_rows(q_img, q_txt), labeled, 2, k=3, max_labeled=10)
-    assert votes.tolist() == [1, 0, 1]
-    one = knn_vote(Views.from_nan_rows(q_img, q_txt), labeled, 2, k=3, max_labeled=1)
+    queries = Views.from_nan_rows(q_img, q_txt)
+    votes, again = knn_votes([queries, queries.take(np.array([2]))], labeled, 2, 3, 10)
+    assert votes.tolist() == [1, 0, 1] and again.tolist() == [1]  # each part on its own
+    (one,) = knn_votes([queries], labeled, 2, k=3, max_labeled=1)
     assert one.shape == (3,)  # a sample of 1 labeled row answers every query
 
 
