@@ -53,17 +53,19 @@ CELLS = (
     (64, 64, False),
 )
 # mode → (max_batch, max_delay_ms, server processes sharing the port, pool linger ms, event
-# loop); "echo" = the bare asyncio server on uvloop (postclf's kind and loop: the yardstick),
-# "echo-asyncio" the same on the standard library's loop, "echo-threads" the bare thread-pool
-# server postclf used before; "postclf-linger0" writes pool entries without gathering them.
+# loop, offload_posts); "echo" = the bare asyncio server on uvloop (postclf's kind and loop: the
+# yardstick), "echo-asyncio" the same on the standard library's loop, "echo-threads" the bare
+# thread-pool server postclf used before; "postclf-linger0" writes pool entries without
+# gathering them; "postclf-inline" runs every forward pass on the loop (no forward thread).
 ECHOES = {"echo": ["--loop", "uvloop"], "echo-asyncio": ["--loop", "asyncio"],
           "echo-threads": ["--threads"]}  # fmt: skip
-MODES: dict[str, tuple[str, str, int, str, str] | None] = {
+MODES: dict[str, tuple[str, str, int, str, str, str] | None] = {
     **{name: None for name in ECHOES},
-    "postclf": ("256", "2", 1, "20", "uvloop"),
-    "postclf-asyncio": ("256", "2", 1, "20", "asyncio"),
-    "postclf-linger0": ("256", "2", 1, "0", "uvloop"),
-    "postclf-2proc": ("256", "2", 2, "20", "uvloop"),
+    "postclf": ("256", "2", 1, "20", "uvloop", "32"),
+    "postclf-asyncio": ("256", "2", 1, "20", "asyncio", "32"),
+    "postclf-linger0": ("256", "2", 1, "0", "uvloop", "32"),
+    "postclf-inline": ("256", "2", 1, "20", "uvloop", "0"),
+    "postclf-2proc": ("256", "2", 2, "20", "uvloop", "32"),
 }
 
 
@@ -251,7 +253,7 @@ def _start_server(
         proc = subprocess.Popen(cmd, cwd=ROOT)
         _wait_listening(port, proc)
         return proc
-    max_batch, max_delay, processes, linger, event_loop = settings
+    max_batch, max_delay, processes, linger, event_loop, offload = settings
     env = os.environ | {
         "POSTCLF_HOME": str(home),
         "POSTCLF_HOST": "127.0.0.1",
@@ -263,6 +265,7 @@ def _start_server(
         "POSTCLF_PROCESSES": str(processes),
         "POSTCLF_POOL_LINGER_MS": linger,
         "POSTCLF_EVENT_LOOP": event_loop,
+        "POSTCLF_OFFLOAD_POSTS": offload,
         "POSTCLF_SCHEDULER": "0",
         "POSTCLF_BOOTSTRAP": "0",
         "POSTCLF_LOG_LEVEL": "WARNING",
@@ -433,6 +436,8 @@ def ratios(med: dict[tuple, dict], predict64: dict, predict256: dict) -> dict[st
         "64post_posts_per_s_vs_predict_at_256": big / predict256["folded"],
         "1post_linger0_calls_per_s_vs_echo": med[("postclf-linger0", 1, 64, False)]["calls_per_s"]
         / echo1["calls_per_s"],
+        "64post_posts_per_s_forward_thread_vs_inline": med[("postclf", 64, 8, False)]["posts_per_s"]
+        / med[("postclf-inline", 64, 8, False)]["posts_per_s"],
         "1post_cpu_per_call_vs_echo": one["server_cpu_us_per_call"]
         / echo1["server_cpu_us_per_call"],
         "64post_cpu_per_call_vs_echo": med[("postclf", 64, 8, False)]["server_cpu_us_per_call"]

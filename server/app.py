@@ -58,6 +58,7 @@ class App:
     health: HealthServicer
     service: PostService
     blocking: futures.ThreadPoolExecutor
+    forward: futures.ThreadPoolExecutor
     metrics_port: int | None = None
     metrics_httpd: Any = None
     scheduler: Any = None
@@ -89,6 +90,7 @@ class App:
         svc.holder.stop()
         self.loop.close()
         self.blocking.shutdown(wait=False, cancel_futures=True)  # jobs were cancelled above
+        self.forward.shutdown(wait=False, cancel_futures=True)  # its callers are gone with the loop
         svc.writer.close()  # drains queued pool writes, then flushes the pool buffer
         svc.ledger.close()
         if self.metrics_httpd is not None:
@@ -195,6 +197,7 @@ def _build_service(
     metrics: Metrics,
     on_change: Any,
     blocking: futures.Executor,
+    forward: futures.Executor,
 ) -> PostService:
     jc = jobs.cfg
     ledger, pool = open_ledger(paths, jc), open_pool(paths, jc)
@@ -204,7 +207,7 @@ def _build_service(
     return PostService(
         holder=holder,
         registry=registry,
-        batcher=Batcher(holder, cfg.batcher, metrics, blocking),
+        batcher=Batcher(holder, cfg.batcher, metrics, forward),
         writer=PoolWriter(pool, ledger, metrics, cfg.pool_queue_batches, cfg.pool_linger_ms / 1000),
         ledger=ledger,
         pool=pool,
@@ -237,9 +240,11 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
     loop = ServerLoop(cfg.event_loop)
     hs = HealthServicer()
     loop.run(_set_health(hs, NOT_SERVING))
-    # Blocking RPC work (labels, ingest, jobs) and single calls above max_batch posts.
+    # Blocking RPC work (labels, ingest, jobs); the forward thread: big Classify batches.
     blocking = futures.ThreadPoolExecutor(max_workers=cfg.workers, thread_name_prefix="grpc")
-    service = _build_service(cfg, paths, jobs, metrics, _on_model(loop, hs, metrics), blocking)
+    forward = futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="forward")
+    on_model = _on_model(loop, hs, metrics)
+    service = _build_service(cfg, paths, jobs, metrics, on_model, blocking, forward)
     # Load an existing model before listening: a process sharing the port (reuse_port) must
     # not take calls it cannot answer. With an empty registry this returns at once.
     service.holder.start()
@@ -252,6 +257,7 @@ def build_server(cfg: ServerConfig, job_cfg: JobConfig | None = None) -> App:
         health=hs,
         service=service,
         blocking=blocking,
+        forward=forward,
     )
     if cfg.metrics_port is not None:
         app.metrics_httpd, app.metrics_port = metrics.serve(

@@ -6,11 +6,13 @@ batch; the batch runs once `quiet_ticks` loop iterations in a row passed without
 joining it, once it is `max_delay_ms` old, or once the next call would pass `max_batch` posts.
 A lone caller therefore waits a few loop iterations (microseconds), not `max_delay_ms`.
 
-The forward pass runs inline on the loop: the folded model is cheap at these sizes (~0.1 ms for
-one post, ~3 ms for 256), and handing it to another thread costs more than it saves, because
-that thread then waits for the GIL after every numpy call (measured; README, serving). A single
-call bigger than `max_batch` is not merged and runs on a worker thread instead, so one huge
-call does not stall the loop for everyone else.
+A small batch runs inline on the loop: the folded model is cheap at those sizes (tens of µs
+for a few posts), and a hand-off to another thread costs more than it saves. A batch of at
+least `offload_posts` posts (and a single call bigger than `max_batch`, which is never merged)
+runs on the forward thread instead, as one TorchScript graph that holds no GIL while it
+computes (model/scripted.py): the loop meanwhile decodes, answers and gathers other calls on
+the other core. numpy on that thread would not do: it takes the GIL back after every
+operation, and each time waits for the busy loop to let go of it (README, serving).
 Each batch reads `holder.current` once, so every call in it is computed by one model version.
 A call whose deadline passed (or that gRPC cancelled) while it waited is not computed.
 With batching off (`max_batch` 1 or `max_delay_ms` 0) every call is its own forward pass.
@@ -60,16 +62,23 @@ class _Call:
 
 
 def _compute(model: ServedModel, views: Views) -> BatchResult:
+    """On the loop: numpy, the fastest path for a few posts."""
     probs, head = model.folded.predict(views)
+    return BatchResult(probs, head, model)
+
+
+def _compute_gil_free(model: ServedModel, views: Views) -> BatchResult:
+    """On the forward thread: the same layers as one graph that runs without the GIL."""
+    probs, head = model.scripted.predict(views)
     return BatchResult(probs, head, model)
 
 
 class Batcher:
     def __init__(
-        self, holder: ModelHolder, cfg: BatcherConfig, metrics: Metrics, big_calls: Executor
+        self, holder: ModelHolder, cfg: BatcherConfig, metrics: Metrics, forward: Executor
     ) -> None:
         self.holder, self.cfg, self.metrics = holder, cfg, metrics
-        self.big_calls = big_calls  # runs a single call of more than max_batch posts
+        self.forward = forward  # one thread: big batches and single calls above max_batch
         self._open: list[_Call] = []  # the batch being gathered
         self._posts = 0  # posts in `_open`
         self._quiet = 0  # ticks in a row without a call joining
@@ -102,10 +111,13 @@ class Batcher:
             self.metrics.expired.inc()
             raise DeadlineExpiredError("deadline passed before the call was computed")
         self.metrics.observe_batch(len(views), 1)
-        if len(views) <= self.cfg.max_batch:
+        if len(views) <= self.cfg.max_batch and not self._offloads(len(views)):
             return _compute(model, views)
         loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.big_calls, _compute, model, views)
+        return await loop.run_in_executor(self.forward, _compute_gil_free, model, views)
+
+    def _offloads(self, posts: int) -> bool:
+        return 0 < self.cfg.offload_posts <= posts
 
     def _tick(self) -> None:
         """Once per loop iteration: keep gathering while calls still join, else run."""
@@ -148,18 +160,44 @@ class Batcher:
         self.metrics.observe_batch(sum(sizes), len(live))
         try:
             views = live[0].views if len(live) == 1 else Views.concat([c.views for c in live])
+            if self._offloads(len(views)):
+                loop = asyncio.get_running_loop()
+                done = loop.run_in_executor(self.forward, _compute_gil_free, model, views)
+                done.add_done_callback(lambda d: self._deliver(d, live, sizes, model))
+                return
             result = _compute(model, views)
         except Exception as exc:
-            if len(live) == 1:
-                live[0].future.set_exception(exc)
-                return
-            for call in live:  # find the call at fault; the others still get answers
-                self._run_alone(call, model)
+            self._failed(exc, live, model)
             return
+        self._split(result, live, sizes)
+
+    def _deliver(
+        self, done: asyncio.Future, live: list[_Call], sizes: list[int], model: ServedModel
+    ) -> None:
+        """On the loop, once the forward thread finished `live`'s batch."""
+        exc = done.exception()
+        if exc is not None:
+            self._failed(exc, live, model)
+        else:
+            self._split(done.result(), live, sizes)
+
+    def _failed(self, exc: BaseException, live: list[_Call], model: ServedModel) -> None:
+        if len(live) == 1:
+            if not live[0].future.done():
+                live[0].future.set_exception(exc)
+            return
+        for call in live:  # find the call at fault; the others still get answers
+            if not call.future.done():
+                self._run_alone(call, model)
+
+    @staticmethod
+    def _split(result: BatchResult, live: list[_Call], sizes: list[int]) -> None:
         start = 0
         for call, n in zip(live, sizes, strict=True):
             part = slice(start, start + n)
-            call.future.set_result(BatchResult(result.probs[part], result.head[part], model))
+            if not call.future.done():  # an offloaded batch's caller may have gone meanwhile
+                probs, head = result.probs[part], result.head[part]
+                call.future.set_result(BatchResult(probs, head, result.model))
             start += n
 
     @staticmethod

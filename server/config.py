@@ -31,6 +31,10 @@ class BatcherConfig:
     # Event-loop iterations in a row with no new call before a batch runs (server/batcher.py):
     # more gathers bigger batches under load, and delays a lone call by as many iterations.
     quiet_ticks: int = 16
+    # A batch of at least this many posts runs on the forward thread, without the GIL
+    # (model/scripted.py), while the loop serves other calls; smaller ones run inline, where a
+    # hand-off costs more than they do. 0: every batch inline. Chosen by bench.serving (README).
+    offload_posts: int = 32
 
     @property
     def enabled(self) -> bool:
@@ -134,6 +138,7 @@ ENV_KEYS: dict[str, tuple[str, str]] = {
     "POSTCLF_MAX_BATCH": ("batcher", "max_batch"),
     "POSTCLF_MAX_DELAY_MS": ("batcher", "max_delay_ms"),
     "POSTCLF_QUIET_TICKS": ("batcher", "quiet_ticks"),
+    "POSTCLF_OFFLOAD_POSTS": ("batcher", "offload_posts"),
     "POSTCLF_MAX_POSTS_PER_CALL": ("limits", "max_posts_per_call"),
     "POSTCLF_MAX_LABELS_PER_CALL": ("limits", "max_labels_per_call"),
     "POSTCLF_MAX_MESSAGE_BYTES": ("limits", "max_message_bytes"),

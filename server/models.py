@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from model.classifier import Classifier
 from model.folded import FoldedClassifier
 from model.registry import ModelRegistry
+from model.scripted import ScriptedClassifier
 from postclf_errors import ModelUnavailableError
 
 log = logging.getLogger(__name__)
@@ -31,15 +32,19 @@ class Dims:
 @dataclass(frozen=True)
 class ServedModel:
     """One loaded version; never mutated after load. Classify runs `folded`, the same
-    predictions as `clf.predict` at a fraction of the cost (model/folded.py)."""
+    predictions as `clf.predict` at a fraction of the cost (model/folded.py), and for big
+    batches `scripted`, the same folded layers as one graph that runs without the GIL
+    (model/scripted.py)."""
 
     version: str
     clf: Classifier
     folded: FoldedClassifier
+    scripted: ScriptedClassifier
 
     @classmethod
     def of(cls, version: str, clf: Classifier) -> ServedModel:
-        return cls(version, clf, FoldedClassifier(clf))
+        folded = FoldedClassifier(clf)
+        return cls(version, clf, folded, ScriptedClassifier(folded))
 
     @property
     def dims(self) -> Dims:

@@ -84,16 +84,19 @@ def serving(home: Path, job_cfg: JobConfig, workers: int) -> Iterator[tuple[App,
 
 
 def hold_first_predict(monkeypatch: Any, model: Any) -> tuple[threading.Event, threading.Event]:
-    """The batcher's first forward pass on `model` (a ServedModel) sets `entered`, then waits
-    for `release`."""
-    fast = model.folded.predict
+    """The batcher's first forward pass on `model` (a ServedModel: inline or on the forward
+    thread) sets `entered`, then waits for `release`."""
     entered, release = threading.Event(), threading.Event()
 
-    def held(*args: object, **kwargs: object) -> object:
-        if not entered.is_set():
-            entered.set()
-            assert release.wait(10), "the test never released the held forward pass"
-        return fast(*args, **kwargs)
+    def holding(fast: Any) -> Any:
+        def held(*args: object, **kwargs: object) -> object:
+            if not entered.is_set():
+                entered.set()
+                assert release.wait(10), "the test never released the held forward pass"
+            return fast(*args, **kwargs)
 
-    monkeypatch.setattr(model.folded, "predict", held)
+        return held
+
+    for path in (model.folded, model.scripted):
+        monkeypatch.setattr(path, "predict", holding(path.predict))
     return entered, release

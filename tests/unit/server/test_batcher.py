@@ -50,7 +50,7 @@ class FakeClf:
 
 class FakeHolder:
     def __init__(self, clf: FakeClf | None, version: str = "v1") -> None:
-        self.current = None if clf is None else ServedModel(version, clf, clf)  # type: ignore[arg-type]
+        self.current = None if clf is None else ServedModel(version, clf, clf, clf)  # type: ignore[arg-type]
 
     def require(self) -> ServedModel:
         if self.current is None:
@@ -84,10 +84,10 @@ def metrics() -> Metrics:
 
 @pytest.fixture
 def make(holder: FakeHolder, metrics: Metrics):  # type: ignore[no-untyped-def]
-    pool = ThreadPoolExecutor(2, thread_name_prefix="big")
+    pool = ThreadPoolExecutor(1, thread_name_prefix="forward")
 
-    def build(max_batch: int = 256, max_delay_ms: float = 1000.0) -> Batcher:
-        cfg = BatcherConfig(max_batch, max_delay_ms)
+    def build(max_batch: int = 256, max_delay_ms: float = 1000.0, offload: int = 0) -> Batcher:
+        cfg = BatcherConfig(max_batch, max_delay_ms, offload_posts=offload)
         return Batcher(holder, cfg, metrics, pool)  # type: ignore[arg-type]
 
     yield build
@@ -155,7 +155,7 @@ def test_one_model_version_per_batch_across_a_swap(make, clf, holder) -> None:  
     async def scenario() -> tuple[list, list]:
         tasks = [asyncio.ensure_future(batcher.predict(views_of([k]), None)) for k in (1, 2)]
         await asyncio.sleep(0)  # both joined the open batch
-        holder.current = ServedModel("v2", swapped, swapped)  # swap while it gathers
+        holder.current = ServedModel("v2", swapped, swapped, swapped)  # swap while it gathers
         first = await asyncio.gather(*tasks)
         return first, await together(batcher, [[0], [1]])
 
@@ -168,7 +168,7 @@ def test_one_model_version_per_batch_across_a_swap(make, clf, holder) -> None:  
 def test_a_batch_in_flight_keeps_its_model(make, clf, holder) -> None:  # type: ignore[no-untyped-def]
     batcher = make()
     swapped = FakeClf()
-    clf.during(lambda: setattr(holder, "current", ServedModel("v2", swapped, swapped)))
+    clf.during(lambda: setattr(holder, "current", ServedModel("v2", swapped, swapped, swapped)))
     out = run(together(batcher, [[1], [2]]))  # the swap lands during the forward pass
     assert {r.model.version for r in out} == {"v1"}
     assert run(batcher.predict(views_of([0]), None)).model.version == "v2"
@@ -180,7 +180,55 @@ def test_max_batch_closes_a_batch_but_never_splits_a_call(make, clf: FakeClf) ->
     assert [labels(r) for r in out] == [[1, 1, 1], [2, 2], [0] * 6]
     assert sorted(clf.sizes) == [2, 3, 6]  # 3+2 > 4 closes the batch; 6 posts alone is one
     big = clf.threads[clf.sizes.index(6)]
-    assert big.startswith("big") and clf.threads[clf.sizes.index(3)] != big  # off the loop
+    assert big.startswith("forward") and clf.threads[clf.sizes.index(3)] != big  # off the loop
+
+
+def test_a_big_batch_runs_on_the_forward_thread_and_splits_back(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(offload=4)
+    out = run(together(batcher, [[1, 1], [2, 2, 0]]))  # 5 posts ≥ 4: off the loop
+    assert [labels(r) for r in out] == [[1, 1], [2, 2, 0]] and clf.sizes == [5]
+    assert run(batcher.predict(views_of([2]), None)).model.version == "v1"  # 1 post: inline
+    assert clf.threads[0].startswith("forward")
+    assert clf.threads[1] == threading.current_thread().name
+    alone = make(max_batch=1, offload=2)  # batching off: a call alone is offloaded by size too
+    assert labels(run(alone.predict(views_of([1, 2]), None))) == [1, 2]
+    assert clf.threads[2].startswith("forward")
+
+
+def test_a_caller_gone_while_its_batch_is_offloaded_leaves_the_others_answered(make, clf) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(offload=2)
+    computing = threading.Event()
+    clf.during(lambda: (computing.set(), time.sleep(0.05)))
+
+    async def scenario() -> tuple[bool, list[int]]:
+        gone = asyncio.ensure_future(batcher.predict(views_of([1, 1]), None))
+        stays = asyncio.ensure_future(batcher.predict(views_of([2]), None))
+        while not computing.is_set():  # the merged batch is on the forward thread
+            await asyncio.sleep(0.001)
+        gone.cancel()
+        answer = labels(await stays)
+        await asyncio.sleep(0.01)
+        return gone.cancelled(), answer
+
+    cancelled, answered = run(scenario())
+    assert cancelled and answered == [2] and clf.sizes == [3]
+
+
+def test_a_failing_call_fails_alone_in_an_offloaded_batch(make, clf: FakeClf) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(offload=2)
+    clf.fail_if = lambda v: v.image is not None and bool((v.image[:, 0] == 7).any())
+    out = run(together(batcher, [[1, 1], [7], [2]]))
+    assert labels(out[0]) == [1, 1] and labels(out[2]) == [2]
+    assert isinstance(out[1], RuntimeError) and "bad batch" in str(out[1])
+
+
+def test_an_offloaded_batch_keeps_its_model_across_a_swap(make, clf, holder) -> None:  # type: ignore[no-untyped-def]
+    batcher = make(offload=2)
+    swapped = FakeClf()
+    clf.during(lambda: setattr(holder, "current", ServedModel("v2", swapped, swapped, swapped)))
+    out = run(together(batcher, [[1], [2]]))  # the swap lands while the forward thread runs
+    assert {r.model.version for r in out} == {"v1"} and clf.threads[0].startswith("forward")
+    assert run(batcher.predict(views_of([0, 1]), None)).model.version == "v2"
 
 
 def test_call_whose_deadline_passes_while_waiting_is_not_computed(make, clf, metrics) -> None:  # type: ignore[no-untyped-def]
