@@ -89,7 +89,7 @@ class ServerConfig:
     # The server's asyncio event loop: "uvloop" (libuv, Cython; default) or "asyncio" (the
     # standard library's). bench.serving measured uvloop faster for both postclf and a bare echo.
     event_loop: str = "uvloop"
-    workers: int = 64  # threads for blocking RPCs (labels, ingest, jobs) and calls > max_batch
+    workers: int = 64  # threads for blocking RPCs (labels, ingest, jobs)
     grace_s: float = 10.0  # shutdown: in-flight calls get this long to finish
     model_poll_s: float = 5.0  # how often the registry's CURRENT pointer is checked
     pool_queue_batches: int = 4096  # pending pool writes before Classify waits (no drops)
@@ -201,6 +201,8 @@ def load_config(path: Path | None, env: Mapping[str, str]) -> ServerConfig:
     }
     if not 0 <= built["batcher"].quiet_ticks <= MAX_QUIET_TICKS:
         raise InvalidInputError(f"must be in [0, {MAX_QUIET_TICKS}]", "batcher.quiet_ticks")
+    if built["batcher"].offload_posts < 0:
+        raise InvalidInputError("must be ≥ 0 (0: every batch inline)", "batcher.offload_posts")
     return dataclasses.replace(top, jobs=jobs, **built)
 
 

@@ -37,6 +37,7 @@ def test_unknown_keys_are_rejected(tmp_path: Path) -> None:
         ("POSTCLF_QUIET_TICKS", "-1", "batcher.quiet_ticks"),
         ("POSTCLF_QUIET_TICKS", "1000000", "batcher.quiet_ticks"),
         ("POSTCLF_EVENT_LOOP", "trio", "config.event_loop"),
+        ("POSTCLF_OFFLOAD_POSTS", "-1", "batcher.offload_posts"),
     ],
 )
 def test_out_of_range_settings_name_their_key(var: str, value: str, field: str) -> None:
