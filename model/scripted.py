@@ -10,9 +10,13 @@ big batch computes on another core while the loop serves other calls (server/bat
 
 Same folded layers (their arrays shared, not copied), same head per row; results equal
 `FoldedClassifier.predict` to float32 rounding (tests/unit/model/test_scripted.py).
+TorchScript is deprecated upstream (torch 2.13 warns; we filter that one notice): the server
+serves without it if scripting ever fails (server/models.py), every pass then on numpy.
 """
 
 # No `from __future__ import annotations`: TorchScript reads the attribute annotations.
+
+import warnings
 
 import numpy as np
 import torch
@@ -131,7 +135,9 @@ class ScriptedClassifier:
 
     def __init__(self, folded: FoldedClassifier) -> None:
         self.cfg, self.classes = folded.cfg, folded.classes
-        self._graph = torch.jit.script(_Graph(folded))
+        with warnings.catch_warnings():  # its deprecation notice, once per loaded version
+            warnings.filterwarnings("ignore", "`torch.jit.script` is deprecated", Warning)
+            self._graph = torch.jit.script(_Graph(folded))
 
     def predict(self, views: Views) -> tuple[np.ndarray, np.ndarray]:
         check_dims(views, self.cfg)

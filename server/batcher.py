@@ -68,8 +68,9 @@ def _compute(model: ServedModel, views: Views) -> BatchResult:
 
 
 def _compute_gil_free(model: ServedModel, views: Views) -> BatchResult:
-    """On the forward thread: the same layers as one graph that runs without the GIL."""
-    probs, head = model.scripted.predict(views)
+    """On the forward thread: the same layers as one graph that runs without the GIL (numpy
+    when the model could not be scripted)."""
+    probs, head = (model.scripted or model.folded).predict(views)
     return BatchResult(probs, head, model)
 
 
@@ -111,13 +112,13 @@ class Batcher:
             self.metrics.expired.inc()
             raise DeadlineExpiredError("deadline passed before the call was computed")
         self.metrics.observe_batch(len(views), 1)
-        if len(views) <= self.cfg.max_batch and not self._offloads(len(views)):
+        if len(views) <= self.cfg.max_batch and not self._offloads(len(views), model):
             return _compute(model, views)
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self.forward, _compute_gil_free, model, views)
 
-    def _offloads(self, posts: int) -> bool:
-        return 0 < self.cfg.offload_posts <= posts
+    def _offloads(self, posts: int, model: ServedModel) -> bool:
+        return model.scripted is not None and 0 < self.cfg.offload_posts <= posts
 
     def _tick(self) -> None:
         """Once per loop iteration: keep gathering while calls still join, else run."""
@@ -160,7 +161,7 @@ class Batcher:
         self.metrics.observe_batch(sum(sizes), len(live))
         try:
             views = live[0].views if len(live) == 1 else Views.concat([c.views for c in live])
-            if self._offloads(len(views)):
+            if self._offloads(len(views), model):
                 loop = asyncio.get_running_loop()
                 done = loop.run_in_executor(self.forward, _compute_gil_free, model, views)
                 done.add_done_callback(lambda d: self._deliver(d, live, sizes, model))

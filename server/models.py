@@ -39,12 +39,17 @@ class ServedModel:
     version: str
     clf: Classifier
     folded: FoldedClassifier
-    scripted: ScriptedClassifier
+    scripted: ScriptedClassifier | None  # None: TorchScript failed; every pass runs `folded`
 
     @classmethod
     def of(cls, version: str, clf: Classifier) -> ServedModel:
         folded = FoldedClassifier(clf)
-        return cls(version, clf, folded, ScriptedClassifier(folded))
+        try:  # TorchScript is deprecated upstream (torch 2.13 warns); serving must not need it
+            scripted: ScriptedClassifier | None = ScriptedClassifier(folded)
+        except Exception:
+            log.exception("event=scripting_failed version=%s (big batches run inline)", version)
+            scripted = None
+        return cls(version, clf, folded, scripted)
 
     @property
     def dims(self) -> Dims:

@@ -284,3 +284,21 @@ def test_batching_off_computes_every_call_alone(make, clf: FakeClf) -> None:  # 
     out = run(together(batcher, [[2, 1], [0]]))
     assert [labels(r) for r in out] == [[2, 1], [0]] and clf.sizes == [2, 1]
     assert run(batcher.predict(views_of([1]), None)).model.version == "v1"
+
+
+def test_without_a_scripted_graph_big_batches_run_inline(
+    make, clf, holder, monkeypatch, tiny_model
+) -> None:  # type: ignore[no-untyped-def]
+    """If TorchScript fails for a version (it is deprecated upstream), serving goes on."""
+    import server.models as models
+
+    def broken(folded: object) -> None:
+        raise RuntimeError("no TorchScript here")
+
+    monkeypatch.setattr(models, "ScriptedClassifier", broken)
+    served = ServedModel.of("v3", tiny_model)
+    assert served.scripted is None and served.folded is not None
+    holder.current = ServedModel("v1", clf, clf, None)
+    out = run(together(make(offload=2), [[1, 1], [2]]))
+    assert [labels(r) for r in out] == [[1, 1], [2]]
+    assert clf.threads == [threading.current_thread().name]  # on the loop, not offloaded
