@@ -24,10 +24,11 @@ from torch import Tensor, nn
 
 from model.classifier import check_dims, drop_unknown, head_per_row
 from model.data import Views
-from model.folded import Branch, Dense, FoldedClassifier, Fused
+from model.folded import Dense, FoldedClassifier
 
 HEAD_CODES = {"fused": 0, "image": 1, "text": 2}  # the graph's per-row head argument
 _NONE = torch.zeros(0, 0)  # a view the model has no branch for
+_NO_LAYER = Dense(np.zeros((0, 0), np.float32), np.zeros(0, np.float32), False)  # never run
 
 
 def _t(a: np.ndarray) -> Tensor:
@@ -66,20 +67,23 @@ class _Graph(nn.Module):
     def __init__(self, folded: FoldedClassifier) -> None:
         super().__init__()
         self.n_classes = len(folded.classes)
-        self.has = [name in folded.branches for name in ("image", "text")]
-        empty = Branch((), (np.zeros(0), np.zeros(0)), Dense(np.zeros((0, 0)), np.zeros(0), False))
-        trunks = [folded.branches.get(name, empty) for name in ("image", "text")]
-        self.trunk_w = [[_t(d.w) for d in _dense(b.layers)] for b in trunks]
-        self.trunk_b = [[_t(d.b) for d in _dense(b.layers)] for b in trunks]
-        self.trunk_relu = [[d.relu for d in _dense(b.layers)] for b in trunks]
-        heads = [_one(b.head) for b in trunks]
+        branches = [folded.branches.get(name) for name in ("image", "text")]
+        self.has = [b is not None for b in branches]
+        trunks = [_dense(b.layers) if b is not None else [] for b in branches]
+        self.trunk_w = [[_t(d.w) for d in layers] for layers in trunks]
+        self.trunk_b = [[_t(d.b) for d in layers] for layers in trunks]
+        self.trunk_relu = [[d.relu for d in layers] for layers in trunks]
+        heads = [_one(b.head) if b is not None else _NO_LAYER for b in branches]
         self.head_w, self.head_b = [_t(h.w) for h in heads], [_t(h.b) for h in heads]
         self.has_fused = folded.fused is not None
-        fused = folded.fused or Fused(empty.head, empty.head, ())
-        first_i, first_t = _one(fused.first_image), _one(fused.first_text)
-        self.fuse_w = [_t(first_i.w), _t(first_t.w)]
-        self.fuse_b, self.fuse_relu = _t(first_i.b), first_i.relu
-        rest = _dense(fused.layers)
+        first = (
+            (_one(folded.fused.first_image), _one(folded.fused.first_text))
+            if folded.fused is not None
+            else (_NO_LAYER, _NO_LAYER)
+        )
+        self.fuse_w = [_t(first[0].w), _t(first[1].w)]
+        self.fuse_b, self.fuse_relu = _t(first[0].b), first[0].relu  # image half has the bias
+        rest = _dense(folded.fused.layers) if folded.fused is not None else []
         self.rest_w, self.rest_b = [_t(d.w) for d in rest], [_t(d.b) for d in rest]
         self.rest_relu = [d.relu for d in rest]
 

@@ -114,11 +114,15 @@ class Batcher:
         self.metrics.observe_batch(len(views), 1)
         if len(views) <= self.cfg.max_batch and not self._offloads(len(views), model):
             return _compute(model, views)
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self.forward, _compute_gil_free, model, views)
+        return await self._off_loop(model, views)
 
     def _offloads(self, posts: int, model: ServedModel) -> bool:
         return model.scripted is not None and 0 < self.cfg.offload_posts <= posts
+
+    def _off_loop(self, model: ServedModel, views: Views) -> asyncio.Future:
+        """The forward pass on the forward thread; the future resolves on the loop."""
+        loop = asyncio.get_running_loop()
+        return loop.run_in_executor(self.forward, _compute_gil_free, model, views)
 
     def _tick(self) -> None:
         """Once per loop iteration: keep gathering while calls still join, else run."""
@@ -162,8 +166,7 @@ class Batcher:
         try:
             views = live[0].views if len(live) == 1 else Views.concat([c.views for c in live])
             if self._offloads(len(views), model):
-                loop = asyncio.get_running_loop()
-                done = loop.run_in_executor(self.forward, _compute_gil_free, model, views)
+                done = self._off_loop(model, views)
                 done.add_done_callback(lambda d: self._deliver(d, live, sizes, model))
                 return
             result = _compute(model, views)
